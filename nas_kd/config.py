@@ -1,0 +1,77 @@
+"""The settings of one search run: one dataclass, parsed once, stored with the study."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nas_kd.distill import KDSettings
+from nas_kd.errors import UserError
+from nas_kd.quantity import format_quantity
+from nas_kd.train import TrainSettings
+
+SAMPLERS = ("tpe", "random", "nsga2")
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    budget_flops: int = 5_000_000  # fvcore FLOPs (one multiply-add = one FLOP)
+    budget_params: int | None = None  # a second constraint when given
+    space: str = "default"
+    trials: int = 40  # candidates to train in this run (over-budget ones are extra and free)
+    timeout: float | None = None  # seconds; no new trial starts after it
+    seed: int = 0  # sampler seed and every trial's training seed
+    split_seed: int = 0  # which images form the validation split
+    val_size: float | None = None  # images (≥ 1) or a fraction (< 1); None: min(5000, 15%)
+    train_subset: int | None = 20_000  # training images per trial (None: the whole split)
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=2, lr=0.1))
+    kd: KDSettings = field(default_factory=KDSettings)
+    teacher_seed: int = 0
+    study_name: str | None = None
+    storage: str | None = None  # any Optuna storage URL; default SQLite in studies_dir
+    studies_dir: str = "studies"
+    sampler: str = "tpe"
+    cache_dir: str | None = None  # teachers and their logits; default ~/.cache/nas_kd
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        if self.trials < 1:
+            raise UserError("--trials must be at least 1")
+        if self.study_name is not None and not _STUDY_NAME.match(self.study_name):
+            raise UserError(
+                f"study name {self.study_name!r} is not allowed: use letters, digits, '.', '_' "
+                "or '-' (it names files), at most 100 characters"
+            )
+        if not 0 <= self.kd.alpha <= 1:
+            raise UserError(f"--alpha must be in [0, 1], got {self.kd.alpha}")
+        if self.kd.temperature <= 0:
+            raise UserError(f"--temperature must be positive, got {self.kd.temperature}")
+        if self.train.epochs <= 0:
+            raise UserError(f"--epochs must be positive, got {self.train.epochs}")
+
+    @property
+    def name(self) -> str:
+        if self.study_name:
+            return self.study_name
+        name = f"{self.dataset}-{format_quantity(self.budget_flops)}FLOPs"
+        if self.budget_params:
+            name += f"-{format_quantity(self.budget_params)}params"
+        return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.studies_dir) / self.name
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.studies_dir) / (self.name + '.db')}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)

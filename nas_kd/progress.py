@@ -1,0 +1,52 @@
+"""A live one-line status on a terminal; plain timestamped lines when output is a log file."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from typing import TextIO
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+class Progress:
+    """``status`` redraws a single line (throttled); ``log`` prints a line that stays."""
+
+    def __init__(
+        self, stream: TextIO | None = None, *, quiet: bool = False, log_every: float = 30.0
+    ) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.log_every = log_every  # when not a terminal, a status line is logged this often
+        self.quiet = quiet
+        self._last_draw = 0.0
+        self._drawn = False
+
+    def status(self, text: str, *, force: bool = False) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_draw < (0.2 if self.live else self.log_every):
+            return
+        self._last_draw = now
+        if not self.live:
+            self.log(text)
+            return
+        width = shutil.get_terminal_size((120, 20)).columns - 1
+        self.stream.write("\r\x1b[2K" + text[:width])
+        self.stream.flush()
+        self._drawn = True
+
+    def log(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self._drawn:
+            self.stream.write("\r\x1b[2K")
+            self._drawn = False
+        self.stream.write(text + "\n")
+        self.stream.flush()

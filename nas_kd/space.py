@@ -1,0 +1,247 @@
+"""A search space declared as data (YAML), and how an Optuna trial samples a spec from it.
+
+Every knob is either a list (a categorical choice), ``{low, high[, step][, log]}`` (an integer
+range) or a single value (fixed). Strides adapt to the input: a stride that would shrink the
+feature map below ``min_feature_size`` is taken as 1, so one space serves 8×8 to 224×224 inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from nas_kd.arch import ACTIVATION_NAMES, BLOCK_TYPES, ArchSpec, StageSpec
+from nas_kd.errors import UserError
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+_SCHEMA: dict[str, dict[str, str]] = {
+    "stem": {"channels": "channels", "stride": "stride"},
+    "stages": {
+        "count": "positive", "depth": "positive", "channels": "channels", "kernel": "kernel",
+        "stride": "stride", "block": "block", "expansion": "positive", "pointwise_rank": "rank",
+    },
+    "head": {"channels": "head_channels", "classifier_rank": "rank"},
+}
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One dimension of the space: categorical ``options``, or an integer range."""
+
+    name: str
+    options: tuple | None = None
+    low: int | None = None
+    high: int | None = None
+    step: int = 1
+    log: bool = False
+
+    def suggest(self, trial: optuna.Trial, param: str) -> Any:
+        if self.options is not None:
+            if len(self.options) == 1:
+                return self.options[0]
+            return trial.suggest_categorical(param, list(self.options))
+        if self.log:
+            return trial.suggest_int(param, self.low, self.high, log=True)
+        return trial.suggest_int(param, self.low, self.high, step=self.step)
+
+    def values(self) -> list:
+        if self.options is not None:
+            return list(self.options)
+        return list(range(self.low, self.high + 1, 1 if self.log else self.step))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    source: str  # the YAML text, stored in the study so the space can be rebuilt
+    knobs: dict[str, Knob]
+    min_feature_size: int = 2
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+    def sample(self, trial: optuna.Trial, input_shape: tuple[int, int, int], num_classes: int) -> ArchSpec:
+        """Draw one architecture; parameter names are ``stem_*``, ``n_stages``, ``s{i}_*``, ``head_*``."""
+        k = self.knobs
+        size = min(input_shape[1:])
+
+        def stride(knob: Knob, param: str) -> int:
+            nonlocal size
+            s = knob.suggest(trial, param)
+            if (size - 1) // s + 1 < self.min_feature_size:
+                s = 1
+            size = (size - 1) // s + 1
+            return s
+
+        stem_channels = k["stem.channels"].suggest(trial, "stem_channels")
+        stem_stride = stride(k["stem.stride"], "stem_stride")
+        stages = []
+        for i in range(1, k["stages.count"].suggest(trial, "n_stages") + 1):
+            block = k["stages.block"].suggest(trial, f"s{i}_block")
+            stages.append(StageSpec(
+                block=block,
+                depth=k["stages.depth"].suggest(trial, f"s{i}_depth"),
+                channels=k["stages.channels"].suggest(trial, f"s{i}_channels"),
+                kernel=k["stages.kernel"].suggest(trial, f"s{i}_kernel"),
+                stride=stride(k["stages.stride"], f"s{i}_stride"),
+                expansion=k["stages.expansion"].suggest(trial, f"s{i}_expansion") if block == "ir" else 1,
+                pointwise_rank=_rank(k["stages.pointwise_rank"].suggest(trial, f"s{i}_pw_rank")),
+            ))
+        return ArchSpec(
+            in_channels=input_shape[0],
+            num_classes=num_classes,
+            stem_channels=stem_channels,
+            stem_stride=stem_stride,
+            stages=tuple(stages),
+            head_channels=k["head.channels"].suggest(trial, "head_channels"),
+            classifier_rank=_rank(k["head.classifier_rank"].suggest(trial, "classifier_rank")),
+            activation=k["activation"].suggest(trial, "activation"),
+        )
+
+    def param_values(self) -> dict[str, list]:
+        """Every Optuna parameter the space can ask for, with its possible values."""
+        k = self.knobs
+        out = {"stem_channels": k["stem.channels"].values(), "stem_stride": k["stem.stride"].values(),
+               "n_stages": k["stages.count"].values(), "head_channels": k["head.channels"].values(),
+               "classifier_rank": k["head.classifier_rank"].values(), "activation": k["activation"].values()}
+        for i in range(1, max(out["n_stages"]) + 1):
+            for field, key in (("block", "block"), ("depth", "depth"), ("channels", "channels"),
+                               ("kernel", "kernel"), ("stride", "stride"), ("expansion", "expansion"),
+                               ("pw_rank", "pointwise_rank")):
+                out[f"s{i}_{field}"] = k[f"stages.{key}"].values()
+        return out
+
+    def cheapest(self, input_shape: tuple[int, int, int], num_classes: int) -> tuple[ArchSpec, int]:
+        """The least-FLOP member (coordinate descent on the analytic count, from every knob's minimum)."""
+        from nas_kd.cost import analytic_flops
+
+        values = self.param_values()
+        params = {name: min(v, key=_order) for name, v in values.items()}
+
+        def cost(p: dict) -> int:
+            return analytic_flops(self.sample(optuna.trial.FixedTrial(p), input_shape, num_classes), input_shape)
+
+        best = cost(params)
+        for _ in range(5):
+            improved = False
+            for name, options in values.items():
+                for value in options:
+                    c = cost({**params, name: value})
+                    if c < best:
+                        best, params, improved = c, {**params, name: value}, True
+            if not improved:
+                break
+        return self.sample(optuna.trial.FixedTrial(params), input_shape, num_classes), best
+
+
+def _order(v: Any) -> tuple:
+    # "full" rank sorts last; strings (block, activation) keep their declared order via index 0.
+    if v == "full":
+        return (1, 0)
+    return (0, v) if isinstance(v, (int, float)) else (0, 0)
+
+
+def _rank(v: Any) -> float | None:
+    return None if v in ("full", None) else float(v)
+
+
+def _check_value(path: str, kind: str, v: Any) -> None:
+    ok = {
+        "channels": lambda: isinstance(v, int) and v >= 1,
+        "head_channels": lambda: isinstance(v, int) and v >= 0,
+        "positive": lambda: isinstance(v, int) and v >= 1,
+        "stride": lambda: v in (1, 2),
+        "kernel": lambda: isinstance(v, int) and v >= 1 and v % 2 == 1,
+        "block": lambda: v in BLOCK_TYPES,
+        "activation": lambda: v in ACTIVATION_NAMES,
+        "rank": lambda: v == "full" or (isinstance(v, (int, float)) and 0 < v <= 1),
+    }[kind]()
+    if not ok:
+        hints = {
+            "channels": "a whole number ≥ 1", "head_channels": "a whole number ≥ 0 (0 = no head)",
+            "positive": "a whole number ≥ 1", "stride": "1 or 2", "kernel": "an odd whole number",
+            "block": f"one of {list(BLOCK_TYPES)}", "activation": f"one of {list(ACTIVATION_NAMES)}",
+            "rank": "'full' or a fraction in (0, 1]",
+        }
+        raise UserError(f"{path}: value {v!r} is not allowed; expected {hints[kind]}")
+
+
+def _knob(path: str, kind: str, raw: Any) -> Knob:
+    if isinstance(raw, dict):
+        if set(raw) - {"low", "high", "step", "log"} or not {"low", "high"} <= set(raw):
+            raise UserError(f"{path}: a range needs 'low' and 'high' (optional 'step', 'log'), got {raw}")
+        if not all(isinstance(raw[x], int) for x in ("low", "high")) or raw["low"] > raw["high"]:
+            raise UserError(f"{path}: a range needs whole numbers with low ≤ high, got {raw}")
+        knob = Knob(path, low=raw["low"], high=raw["high"], step=int(raw.get("step", 1)), log=bool(raw.get("log")))
+    else:
+        options = tuple(raw) if isinstance(raw, list) else (raw,)
+        if not options:
+            raise UserError(f"{path}: an empty list leaves nothing to choose")
+        knob = Knob(path, options=options)
+    for v in knob.values():
+        _check_value(path, kind, v)
+    return knob
+
+
+def parse_space(text: str, *, origin: str = "<space>") -> SearchSpace:
+    """Read a space from YAML text; UserError naming the file and the offending key otherwise."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise UserError(f"search space {origin} is not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise UserError(f"search space {origin} must be a mapping with keys stem, stages, head, activation")
+    known = set(_SCHEMA) | {"name", "description", "activation", "min_feature_size"}
+    unknown = set(raw) - known
+    if unknown:
+        raise UserError(f"search space {origin}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    knobs: dict[str, Knob] = {}
+    for section, fields in _SCHEMA.items():
+        body = raw.get(section)
+        if not isinstance(body, dict):
+            raise UserError(f"search space {origin}: missing section '{section}' (keys: {', '.join(fields)})")
+        extra = set(body) - set(fields)
+        if extra:
+            raise UserError(f"search space {origin}: unknown key(s) {sorted(extra)} in '{section}'")
+        for field, kind in fields.items():
+            if field not in body:
+                raise UserError(f"search space {origin}: missing '{section}.{field}'")
+            knobs[f"{section}.{field}"] = _knob(f"search space {origin}: {section}.{field}", kind, body[field])
+    if "activation" not in raw:
+        raise UserError(f"search space {origin}: missing 'activation'")
+    knobs["activation"] = _knob(f"search space {origin}: activation", "activation", raw["activation"])
+    min_size = raw.get("min_feature_size", 2)
+    if not isinstance(min_size, int) or min_size < 1:
+        raise UserError(f"search space {origin}: min_feature_size must be a whole number ≥ 1")
+    name = str(raw.get("name", Path(origin).stem))
+    return SearchSpace(name=name, source=text, knobs=knobs, min_feature_size=min_size)
+
+
+def available_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """A space from a YAML file path, or by name from ``search_spaces/``."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = SPACES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise UserError(
+            f"search space {name_or_path!r} not found: give a YAML file path or one of "
+            f"{', '.join(available_spaces()) or '(none)'}"
+        )
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read search space {path}: {err}") from None
+    return parse_space(text, origin=str(path))
+
+

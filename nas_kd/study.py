@@ -1,0 +1,159 @@
+"""The Optuna study behind a search: create or resume it, record its settings, read its trials.
+
+The study alone is enough to rebuild any candidate: every trial stores its spec, cost, accuracy,
+training time and status as user attributes, and the study stores the run's identity (dataset,
+split, space, budgets, training and KD settings, teacher fingerprint) and the FLOP convention.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nas_kd.errors import UserError
+from nas_kd.pareto import pareto_front
+
+DIRECTIONS = ("maximize", "minimize")  # validation accuracy, FLOPs
+IDENTITY_ATTR = "nas_kd.identity"
+
+
+def redact_url(url: str) -> str:
+    """The storage URL with any password replaced by ***, for messages and logs."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The samplers a user can choose; all of them honour trial constraints (FLOPs, params)."""
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=10
+    )
+
+
+def open_study(name: str, storage: str) -> optuna.Study:
+    """Create the study, or load it when it exists (to resume). UserError if storage is unusable."""
+    try:
+        return optuna.create_study(
+            study_name=name, storage=storage, directions=list(DIRECTIONS), load_if_exists=True
+        )
+    except ValueError as err:
+        if "direction" in str(err).lower():
+            raise UserError(f"study {name!r} exists in {redact_url(storage)} but is not a nas_kd study") from None
+        raise UserError(f"cannot open study {name!r} in {redact_url(storage)}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy/driver errors: unreachable, locked, corrupt
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(
+            f"cannot open study storage {redact_url(storage)}: {redact_url(reason)}"
+        ) from None
+
+
+def load_existing_study(name: str, storage: str) -> optuna.Study:
+    """Load a study that must already exist (report, export)."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise UserError(f"no study named {name!r} in {redact_url(storage)}") from None
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"cannot open study storage {redact_url(storage)}: {err}") from None
+
+
+def check_identity(study: optuna.Study, identity: dict) -> None:
+    """Record ``identity`` on a new study; on a resumed one, refuse if any recorded entry differs."""
+    recorded = study.user_attrs.get(IDENTITY_ATTR)
+    if recorded is None:
+        study.set_user_attr(IDENTITY_ATTR, identity)
+        return
+    changed = [k for k in identity if k in recorded and _canon(recorded[k]) != _canon(identity[k])]
+    if changed:
+        details = "; ".join(f"{k}: study has {_short(recorded[k])}, now {_short(identity[k])}" for k in changed)
+        raise UserError(
+            f"study {study.study_name!r} was run with other settings ({details}). Resume it with its "
+            "original settings, or pass a new --study-name"
+        )
+    missing = {k: v for k, v in identity.items() if k not in recorded}
+    if missing:
+        study.set_user_attr(IDENTITY_ATTR, {**recorded, **missing})
+
+
+def _canon(v: object) -> str:
+    return json.dumps(v, sort_keys=True)
+
+
+def _short(v: object) -> str:
+    text = _canon(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the rest of nas_kd sees it (plain data, no Optuna types)."""
+
+    number: int
+    state: str  # COMPLETE / FAIL / RUNNING / ...
+    status: str  # trained / infeasible / duplicate / failed / running
+    val_accuracy: float | None
+    flops: int | None
+    params: int | None
+    train_seconds: float | None
+    summary: str
+    spec: dict | None
+    feasible: bool
+    fail_reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def to_record(t: FrozenTrial) -> TrialRecord:
+    a = t.user_attrs
+    feasible = all(v <= 0 for v in (t.constraints or {}).values()) if t.constraints else a.get("status") != "infeasible"
+    has_result = t.state == TrialState.COMPLETE and a.get("status") in ("trained", "duplicate")
+    return TrialRecord(
+        number=t.number,
+        state=t.state.name,
+        status=a.get("status", "running" if t.state == TrialState.RUNNING else t.state.name.lower()),
+        val_accuracy=t.values[0] if has_result else None,
+        flops=a.get("flops"),
+        params=a.get("params"),
+        train_seconds=a.get("train_seconds"),
+        summary=a.get("summary", ""),
+        spec=a.get("spec"),
+        feasible=feasible,
+        fail_reason=a.get("fail_reason"),
+    )
+
+
+def trial_records(study: optuna.Study) -> list[TrialRecord]:
+    return [to_record(t) for t in study.get_trials(deepcopy=False)]
+
+
+def front_records(records: list[TrialRecord]) -> list[TrialRecord]:
+    """Feasible trained trials on the Pareto front of (validation accuracy ↑, FLOPs ↓), cheapest first."""
+    done = [r for r in records if r.val_accuracy is not None and r.feasible and r.status == "trained"]
+    return [done[i] for i in pareto_front([(r.val_accuracy, r.flops) for r in done])]
+
+
+def write_front(records: list[TrialRecord], out_dir: Path) -> tuple[Path, Path]:
+    """Write the front as CSV and JSON (atomically) into ``out_dir``."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [r.to_dict() for r in records]
+    csv_path, json_path = out_dir / "front.csv", out_dir / "front.json"
+    table = pd.DataFrame(rows, columns=list(TrialRecord.__dataclass_fields__))
+    table = table.drop(columns=["spec"]).assign(spec=[json.dumps(r["spec"], sort_keys=True) for r in rows])
+    tmp = csv_path.with_suffix(".csv.tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(csv_path)
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rows, indent=2))
+    tmp.replace(json_path)
+    return csv_path, json_path

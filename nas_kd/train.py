@@ -1,0 +1,135 @@
+"""One training run, readable top to bottom: the loop that trains students and teachers alike."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nas_kd.distill import KDBatch, KDSettings, get_kd_loss
+from nas_kd.errors import TrialFailed
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How one model is trained; stored with every study and export."""
+
+    epochs: float = 2.0  # fractional epochs are allowed: 0.5 = half a pass over the data
+    batch_size: int = 128
+    lr: float = 0.05  # peak learning rate of the one-cycle schedule (SGD, Nesterov)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    augment: str = "none"  # "none" | "crop" (random crop, pad 2) | "crop-flip"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    seconds: float
+    steps: int
+    final_loss: float
+
+
+def device_for(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def augment_batch(x: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tensor:
+    """Random crop after zero-padding by 2 (and horizontal flip), per sample, on a whole batch."""
+    if mode == "none":
+        return x
+    n, _, h, w = x.shape
+    pad = 2
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).view(n, 1, 1)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).view(n, 1, 1)
+    rows = (torch.arange(h).view(1, h, 1) + dy).expand(n, h, w)
+    cols = (torch.arange(w).view(1, 1, w) + dx).expand(n, h, w)
+    if mode == "crop-flip":
+        flip = (torch.rand(n, generator=g) < 0.5).view(n, 1, 1)
+        cols = torch.where(flip, cols.flip(-1), cols)
+    batch_idx = torch.arange(n).view(n, 1, 1).expand(n, h, w)
+    out = padded.permute(0, 2, 3, 1)[batch_idx.to(x.device), rows.to(x.device), cols.to(x.device)]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def train_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: TrainSettings,
+    *,
+    kd: KDSettings | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on (x, y); with ``kd``, against cached ``teacher_logits`` (aligned with x).
+
+    Raises TrialFailed when the loss stops being finite.
+    """
+    kd = kd or KDSettings(alpha=0.0)
+    loss_fn = get_kd_loss(kd.loss)
+    if kd.uses_teacher and teacher_logits is None:
+        raise ValueError("KD training needs teacher logits")
+    device = device_for(model)
+    g = torch.Generator().manual_seed(settings.seed)
+    n, bs = len(y), settings.batch_size
+    steps_per_epoch = max(1, n // bs)  # drop the last partial batch: batch norm needs > 1 sample
+    total_steps = max(1, int(round(settings.epochs * steps_per_epoch)))
+    opt = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum,
+        weight_decay=settings.weight_decay, nesterov=True,
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total_steps, pct_start=0.15)
+    ce_only = KDSettings(alpha=0.0)
+    model.train()
+    start, step, loss_value = time.perf_counter(), 0, math.nan
+    while step < total_steps:
+        order = torch.randperm(n, generator=g)
+        for i in range(steps_per_epoch):
+            if step >= total_steps:
+                break
+            idx = order[i * bs : (i + 1) * bs]
+            xb = augment_batch(x[idx], settings.augment, g).to(device, non_blocking=True)
+            yb = y[idx].to(device, non_blocking=True)
+            logits = model(xb.contiguous(memory_format=torch.channels_last))
+            if kd.uses_teacher:
+                batch = KDBatch(logits, yb, teacher_logits=teacher_logits[idx].to(device))
+                loss = loss_fn(batch, kd)
+            elif settings.label_smoothing > 0:
+                loss = torch.nn.functional.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
+            else:
+                loss = loss_fn(KDBatch(logits, yb), ce_only)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise TrialFailed(f"loss became {loss_value} at step {step + 1}/{total_steps}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if on_step is not None:
+                on_step(step, total_steps, loss_value)
+    return TrainResult(seconds=time.perf_counter() - start, steps=step, final_loss=loss_value)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits for every row of ``x``, in eval mode, on the model's device; returned on the CPU."""
+    model.eval()
+    device = device_for(model)
+    out = [
+        model(x[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)).float().cpu()
+        for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(out)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    return (predict_logits(model, x, batch_size).argmax(1) == y).float().mean().item()

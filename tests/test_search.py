@@ -1,0 +1,134 @@
+"""End-to-end searches on the generated 12×12 'tiny' set: real studies, real training, seconds each."""
+
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from nas_kd.arch import ArchSpec
+from nas_kd.builder import build_student
+from nas_kd.cost import count_cost
+from nas_kd.search import main
+
+BUDGET = 150_000
+
+
+def run(tmp_path, cache_dir, *extra, name="t"):
+    args = ["--dataset", "tiny", "--budget", "150k", "--epochs", "4", "--batch-size", "32",
+            "--studies-dir", str(tmp_path / "studies"), "--cache-dir", str(cache_dir), "--study-name", name,
+            "--threads", "2", *extra]
+    return main(args)
+
+
+def load(tmp_path, name="t"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'studies' / (name + '.db')}")
+
+
+def trained(study):
+    return [t for t in study.trials if t.user_attrs.get("status") == "trained"]
+
+
+def test_search_stays_within_budget_writes_the_front_and_resumes(tmp_path, cache_dir, capsys):
+    assert run(tmp_path, cache_dir, "--trials", "3") == 0
+    out = capsys.readouterr()
+    assert "Pareto front" in out.out and "1 multiply-add = 1 FLOP" in out.out
+    study = load(tmp_path)
+    done = trained(study)
+    assert len(done) == 3
+    for t in done:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert t.user_attrs["flops"] <= BUDGET and t.values[1] == t.user_attrs["flops"]
+        assert 0 <= t.values[0] <= 1 and t.user_attrs["train_seconds"] > 0
+        # the study alone rebuilds the candidate, at the recorded cost
+        spec = ArchSpec.from_dict(t.user_attrs["spec"])
+        assert count_cost(build_student(spec), (1, 12, 12)).flops == t.user_attrs["flops"]
+        assert (tmp_path / "studies" / "t" / "trials" / f"{t.number}.pt").exists()
+    for t in study.trials:
+        if t.user_attrs.get("status") == "infeasible":
+            assert t.user_attrs["flops"] > BUDGET and t.constraints["flops"] > 0
+            assert "train_seconds" not in t.user_attrs
+    identity = study.user_attrs["nas_kd.identity"]
+    assert identity["budget_flops"] == BUDGET and identity["split"]["split_seed"] == 0
+    assert "multiply-add" in identity["flop_convention"] and identity["teacher"]["sha256"]
+    front = json.loads((tmp_path / "studies" / "t" / "front.json").read_text())
+    assert front and all(r["flops"] <= BUDGET for r in front)
+    assert (tmp_path / "studies" / "t" / "front.csv").read_text().startswith("number,")
+
+    # same command, same study name: resumes and adds trials
+    assert run(tmp_path, cache_dir, "--trials", "2") == 0
+    assert "resuming" in capsys.readouterr().err
+    study = load(tmp_path)
+    assert len(trained(study)) == 5
+    numbers = [t.number for t in trained(study)]
+    assert len(set(numbers)) == 5
+
+
+def test_label_only_search_needs_no_teacher(tmp_path, capsys):
+    cache = tmp_path / "fresh-cache"
+    assert run(tmp_path, cache, "--trials", "1", "--alpha", "0", name="labels") == 0
+    assert not cache.exists()
+    assert "labels only" in capsys.readouterr().err
+
+
+def test_a_diverging_trial_fails_alone_with_its_reason(tmp_path, cache_dir, capsys):
+    assert run(tmp_path, cache_dir, "--trials", "2", "--lr", "1e12", name="nan") == 0
+    failed = [t for t in load(tmp_path, "nan").trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 2
+    assert all("loss became" in t.user_attrs["fail_reason"] for t in failed)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--budget", "5MB"], "cannot read --budget"),
+     (["--params", "lots"], "cannot read --params"),
+     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+     (["--budget", "1k"], "below the cheapest architecture"),
+     (["--params", "10"], "parameter budget"),
+     (["--study-name", "../escape"], "study name"),
+     (["--alpha", "2"], "--alpha must be in"),
+     (["--kd", "nope"], "unknown distillation loss")],
+)
+def test_bad_input_exits_2_with_one_clear_message(tmp_path, cache_dir, capsys, args, message):
+    assert run(tmp_path, cache_dir, "--trials", "1", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_missing_dataset_files_say_how_to_get_them(tmp_path, capsys):
+    code = main(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--studies-dir", str(tmp_path)])
+    assert code == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_bad_space_file(tmp_path, cache_dir, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stem: {channels: [8], stride: [1]}\n")
+    assert run(tmp_path, cache_dir, "--space", str(bad)) == 2
+    assert "missing section 'stages'" in capsys.readouterr().err
+
+
+def test_unwritable_studies_folder(tmp_path, cache_dir, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = main(["--dataset", "tiny", "--budget", "150k", "--studies-dir", str(blocker / "studies"),
+                 "--cache-dir", str(cache_dir)])
+    assert code == 2
+    assert "cannot write to studies folder" in capsys.readouterr().err
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, cache_dir, capsys):
+    assert run(tmp_path, cache_dir, "--trials", "1", name="r") == 0
+    assert run(tmp_path, cache_dir, "--trials", "1", "--epochs", "2", name="r") == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "train" in err and "new --study-name" in err
+
+
+def test_cli_error_has_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "nas_kd.search", "--budget", "lots"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: cannot read --budget 'lots'")
+    assert "Traceback" not in proc.stderr

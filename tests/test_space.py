@@ -1,0 +1,91 @@
+import optuna
+import pytest
+
+from nas_kd.builder import build_student
+from nas_kd.cost import analytic_flops
+from nas_kd.errors import UserError
+from nas_kd.space import load_space, parse_space
+
+GOOD = """
+name: small
+stem: {channels: [8, 16], stride: [1, 2]}
+stages:
+  count: {low: 1, high: 3}
+  depth: [1, 2]
+  channels: {low: 8, high: 32, step: 8}
+  kernel: [3, 5, 7]
+  stride: [1, 2]
+  block: [ds, ir]
+  expansion: [2, 4]
+  pointwise_rank: [full, 0.5]
+head: {channels: [0, 32], classifier_rank: [full, 0.5]}
+activation: [relu, hardswish]
+"""
+
+
+def _random_specs(space, shape, n=25, seed=0):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [space.sample(study.ask(), shape, 10) for _ in range(n)]
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64)])
+def test_default_space_gives_valid_networks_for_any_input(shape):
+    import torch
+
+    space = load_space("default")
+    for spec in _random_specs(space, shape, n=10):
+        size = shape[1]
+        for s in [spec.stem_stride] + [st.stride for st in spec.stages]:
+            size = (size - 1) // s + 1
+        assert size >= space.min_feature_size
+        out = build_student(spec).eval()(torch.zeros(2, *shape))
+        assert out.shape == (2, 10)
+
+
+def test_custom_space_is_respected():
+    space = parse_space(GOOD)
+    for spec in _random_specs(space, (1, 28, 28)):
+        assert spec.stem_channels in (8, 16)
+        assert 1 <= len(spec.stages) <= 3
+        for st in spec.stages:
+            assert st.channels in (8, 16, 24, 32) and st.kernel in (3, 5, 7)
+            assert st.expansion in ((2, 4) if st.block == "ir" else (1,))
+            assert st.pointwise_rank in (None, 0.5)
+
+
+def test_cheapest_is_a_lower_bound_of_what_the_space_samples():
+    space = parse_space(GOOD)
+    spec, flops = space.cheapest((1, 28, 28), 10)
+    assert flops == analytic_flops(spec, (1, 28, 28))
+    assert all(analytic_flops(s, (1, 28, 28)) >= flops for s in _random_specs(space, (1, 28, 28), n=60))
+
+
+def test_fixed_values_are_not_sampled():
+    space = parse_space(GOOD.replace("activation: [relu, hardswish]", "activation: relu"))
+    study = optuna.create_study()
+    trial = study.ask()
+    spec = space.sample(trial, (1, 28, 28), 10)
+    assert spec.activation == "relu" and "activation" not in trial.params
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("stem: [", "not valid YAML"),
+     ("- 1\n- 2", "must be a mapping"),
+     (GOOD.replace("kernel: [3, 5, 7]", "kernel: [3, 4]"), "stages.kernel: value 4"),
+     (GOOD.replace("block: [ds, ir]", "block: [ds, resnet]"), "stages.block"),
+     (GOOD.replace("stride: [1, 2]\n  block", "stride: [1, 3]\n  block"), "stages.stride: value 3"),
+     (GOOD.replace("pointwise_rank: [full, 0.5]", "pointwise_rank: [1.5]"), "pointwise_rank"),
+     (GOOD.replace("  depth: [1, 2]\n", ""), "missing 'stages.depth'"),
+     (GOOD + "extra: 1\n", "unknown key"),
+     (GOOD.replace("count: {low: 1, high: 3}", "count: {low: 3, high: 1}"), "low ≤ high"),
+     (GOOD.replace("channels: [0, 32]", "channels: []"), "empty list")],
+)
+def test_bad_space_files_say_what_is_wrong(text, message):
+    with pytest.raises(UserError, match=message):
+        parse_space(text, origin="my.yaml")
+
+
+def test_unknown_space_name_lists_the_known_ones():
+    with pytest.raises(UserError, match="default"):
+        load_space("no-such-space")
