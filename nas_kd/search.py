@@ -175,7 +175,8 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None) -> list:
     if cfg.kd.uses_teacher:
         teacher = load_or_train_teacher(split, seed=cfg.teacher_seed, cache_dir=cfg.cache_dir,
                                         progress=progress, device=device)
-        teacher_info = {k: teacher.info[k] for k in ("key", "sha256", "val_accuracy", "test_accuracy", "arch")}
+        teacher_info = {k: teacher.info[k] for k in
+                        ("key", "sha256", "val_accuracy", "test_accuracy", "arch", "flops", "params")}
         check_identity(study, {"teacher": {k: teacher_info[k] for k in ("key", "sha256")}})
         study.set_user_attr("nas_kd.teacher", teacher_info)
         t_logits_all = teacher_logits(teacher, split, cache_dir=cfg.cache_dir)

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ class TrainSettings:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
-    augment: str = "none"  # "none" | "crop" (random crop, pad 2) | "crop-flip"
+    augment: str = "none"  # "none" | "crop" (random crop, pad 2) | "crop-flip" | "crop-flip-erase"
     seed: int = 0
 
 
@@ -39,10 +40,15 @@ def device_for(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+AUGMENTATIONS = ("none", "crop", "crop-flip", "crop-flip-erase")
+
+
 def augment_batch(x: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tensor:
-    """Random crop after zero-padding by 2 (and horizontal flip), per sample, on a whole batch."""
+    """Per-sample random crop after zero-padding by 2, horizontal flip, random erasing; whole batch at once."""
     if mode == "none":
         return x
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {mode!r}: choose one of {AUGMENTATIONS}")
     n, _, h, w = x.shape
     pad = 2
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
@@ -55,7 +61,25 @@ def augment_batch(x: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tenso
         cols = torch.where(flip, cols.flip(-1), cols)
     batch_idx = torch.arange(n).view(n, 1, 1).expand(n, h, w)
     out = padded.permute(0, 2, 3, 1)[batch_idx.to(x.device), rows.to(x.device), cols.to(x.device)]
-    return out.permute(0, 3, 1, 2).contiguous()
+    out = out.permute(0, 3, 1, 2).contiguous()
+    return random_erase(out, g) if mode.endswith("erase") else out
+
+
+def random_erase(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Zhong et al. 2020: with probability p, set a random rectangle (2–33% of the area) to 0 (the mean)."""
+    n, _, h, w = x.shape
+    area = torch.empty(n).uniform_(0.02, 0.33, generator=g) * h * w
+    log_ratio = torch.empty(n).uniform_(math.log(0.3), math.log(3.3), generator=g)
+    eh = (area * log_ratio.exp()).sqrt().round().clamp(1, h).long()
+    ew = (area / log_ratio.exp()).sqrt().round().clamp(1, w).long()
+    y0 = (torch.rand(n, generator=g) * (h - eh + 1)).long()
+    x0 = (torch.rand(n, generator=g) * (w - ew + 1)).long()
+    on = torch.rand(n, generator=g) < p
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    mask = ((rows >= y0.view(n, 1, 1)) & (rows < (y0 + eh).view(n, 1, 1))
+            & (cols >= x0.view(n, 1, 1)) & (cols < (x0 + ew).view(n, 1, 1)) & on.view(n, 1, 1))
+    return x.masked_fill(mask.unsqueeze(1).to(x.device), 0.0)
 
 
 def train_model(
@@ -67,9 +91,11 @@ def train_model(
     kd: KDSettings | None = None,
     teacher_logits: torch.Tensor | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on (x, y); with ``kd``, against cached ``teacher_logits`` (aligned with x).
 
+    With ``checkpoint``, the state is saved after every epoch and training resumes from it.
     Raises TrialFailed when the loss stops being finite.
     """
     kd = kd or KDSettings(alpha=0.0)
@@ -89,6 +115,8 @@ def train_model(
     ce_only = KDSettings(alpha=0.0)
     model.train()
     start, step, loss_value = time.perf_counter(), 0, math.nan
+    if checkpoint is not None and checkpoint.exists():
+        step = _resume(checkpoint, model, opt, sched, g)
     while step < total_steps:
         order = torch.randperm(n, generator=g)
         for i in range(steps_per_epoch):
@@ -115,7 +143,26 @@ def train_model(
             step += 1
             if on_step is not None:
                 on_step(step, total_steps, loss_value)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, model, opt, sched, g, step)
     return TrainResult(seconds=time.perf_counter() - start, steps=step, final_loss=loss_value)
+
+
+def _save_checkpoint(path: Path, model: nn.Module, opt, sched, g: torch.Generator, step: int) -> None:  # noqa: ANN001
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "rng": g.get_state(), "step": step}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _resume(path: Path, model: nn.Module, opt, sched, g: torch.Generator) -> int:  # noqa: ANN001
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    g.set_state(state["rng"])
+    return int(state["step"])
 
 
 @torch.inference_mode()

@@ -1,0 +1,124 @@
+"""Teachers on the generated 'tiny' set: caching, hash checks, ensembles, resumable training, CLI."""
+
+import json
+
+import pytest
+import torch
+
+import nas_kd.teacher as teacher_mod
+from nas_kd.data import load_dataset, split_dataset
+from nas_kd.errors import UserError
+from nas_kd.teacher import EnsembleTeacher, load_or_train_teacher, main, teacher_logits
+from nas_kd.teacher_nets import build_teacher
+from nas_kd.train import TrainSettings, train_model
+
+
+@pytest.fixture(scope="module")
+def split():
+    data = load_dataset("tiny")
+    return split_dataset(data, val_size=58, seed=0)
+
+
+def test_teacher_is_cached_and_reused(split, cache_dir):
+    first = load_or_train_teacher(split, cache_dir=cache_dir)
+    assert first.info["val_accuracy"] > 0.5 and 0 <= first.info["test_accuracy"] <= 1
+    assert first.info["flops"] > 0 and first.info["params"] > 0
+    again = load_or_train_teacher(split, cache_dir=cache_dir, train=False)
+    assert again.info["sha256"] == first.info["sha256"]
+    x = split.x_val[:8]
+    assert torch.allclose(first.model.eval()(x), again.model.eval()(x), atol=1e-5)
+    logits = teacher_logits(again, split, cache_dir=cache_dir)
+    assert logits.shape == (len(split.y_train), split.num_classes)
+    assert torch.allclose(logits[:8], again.model(split.x_train[:8]), atol=1e-5)
+
+
+def test_tampered_teacher_file_is_refused(split, tmp_path):
+    t = load_or_train_teacher(split, cache_dir=tmp_path)
+    weights = next((tmp_path / "teachers" / t.info["key"]).glob("member-0.pt"))
+    data = bytearray(weights.read_bytes())
+    data[-20] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="does not match its recorded SHA-256"):
+        load_or_train_teacher(split, cache_dir=tmp_path)
+
+
+def test_ensemble_averages_member_logits_exactly(split, cache_dir):
+    ens = load_or_train_teacher(split, recipe="ensemble", cache_dir=cache_dir)
+    assert isinstance(ens.model, EnsembleTeacher) and len(ens.model.members) == 2
+    x = split.x_val
+    a, b = (m.eval()(x) for m in ens.model.members)
+    assert torch.allclose(ens.model(x), (a + b) / 2, atol=1e-6)
+    assert not torch.allclose(a, b)  # two seeds, two different members
+    weighted = EnsembleTeacher(list(ens.model.members), weights=[3.0, 1.0]).eval()
+    assert torch.allclose(weighted(x), 0.75 * a + 0.25 * b, atol=1e-6)
+    assert ens.info["val_accuracy"] == pytest.approx(((a + b).argmax(1) == split.y_val).float().mean().item())
+
+
+def test_training_resumes_exactly_after_an_interruption(split, tmp_path):
+    settings = TrainSettings(epochs=3, batch_size=32, lr=0.05, augment="crop-flip-erase", seed=3)
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_teacher({"arch": "resnet", "width": 4, "blocks": [1]}, 1, split.num_classes)
+
+    reference = fresh()
+    train_model(reference, split.x_train, split.y_train, settings)
+
+    steps_per_epoch = len(split.y_train) // 32
+    ckpt = tmp_path / "run.ckpt"
+
+    def stop_in_epoch_two(step, total, loss):
+        if step == steps_per_epoch + 2:
+            raise KeyboardInterrupt
+
+    model = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        train_model(model, split.x_train, split.y_train, settings, on_step=stop_in_epoch_two, checkpoint=ckpt)
+    assert ckpt.exists()
+    resumed = fresh()
+    result = train_model(resumed, split.x_train, split.y_train, settings, checkpoint=ckpt)
+    assert result.steps == 3 * steps_per_epoch
+    for k, v in reference.state_dict().items():
+        assert torch.allclose(v.float(), resumed.state_dict()[k].float(), atol=1e-6), k
+
+
+def test_teacher_train_cli_resumes_after_interruption(tmp_path, monkeypatch, capsys):
+    real = teacher_mod.train_model
+    calls = {"n": 0}
+
+    def interrupted_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            inner = kwargs["on_step"]
+
+            def on_step(step, total, loss):
+                inner(step, total, loss)
+                if step == total // 2:
+                    raise KeyboardInterrupt
+
+            kwargs["on_step"] = on_step
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_mod, "train_model", interrupted_once)
+    args = ["train", "--dataset", "tiny", "--cache-dir", str(tmp_path)]
+    assert main(args) == 130
+    assert list(tmp_path.glob("teachers/*/member-0.ckpt"))
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "resuming" in err
+    assert not list(tmp_path.glob("teachers/*/member-0.ckpt"))
+    record = json.loads(next(tmp_path.glob("teachers/*/member-0.json")).read_text())
+    assert record["train_seconds"] > 0
+
+
+def test_teacher_show_measures_test_accuracy(cache_dir, split, capsys):
+    t = load_or_train_teacher(split, cache_dir=cache_dir)
+    assert main(["show", "--dataset", "tiny", "--cache-dir", str(cache_dir)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"test accuracy: {t.info['test_accuracy']:.2%}"
+    assert any(line.startswith("sha256: ") for line in out) and any("FLOPs" in line for line in out)
+
+
+def test_show_without_a_trained_teacher_says_how_to_train(tmp_path, capsys):
+    assert main(["show", "--dataset", "tiny", "--cache-dir", str(tmp_path)]) == 2
+    assert "python -m nas_kd.teacher train --dataset tiny" in capsys.readouterr().err
