@@ -1,12 +1,20 @@
 """nas_kd: budgeted architecture search for knowledge-distilled students.
 
-Public surface: ``python -m nas_kd.search`` (the CLI), and for code: ``ArchSpec`` (a student as
-data), ``build_student`` (spec → module) and ``count_cost`` (FLOPs and parameters).
+Public surface: ``python -m nas_kd.search`` / ``.report`` / ``.export`` / ``.teacher`` (CLIs), and for
+code: ``ArchSpec`` (a student as data), ``build_student`` (spec → module), ``count_cost`` (FLOPs and
+parameters) and ``load_student`` (an exported student).
 """
 
 from nas_kd.arch import ArchSpec, StageSpec
 from nas_kd.builder import build_student
 from nas_kd.cost import count_cost
 
-__all__ = ["ArchSpec", "StageSpec", "build_student", "count_cost"]
+__all__ = ["ArchSpec", "StageSpec", "build_student", "count_cost", "load_student"]
+
+
+def load_student(folder: str) -> "torch.nn.Module":  # noqa: F821 - torch is imported by the builder
+    """The exported student in ``folder`` (from ``python -m nas_kd.export``), weights loaded, eval mode."""
+    from nas_kd.export import load_student as _load
+
+    return _load(folder)
 __version__ = "0.1.0"

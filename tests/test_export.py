@@ -1,0 +1,107 @@
+"""Export from a real tiny study: every file, both runtimes checked, load_student, the model card."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+import nas_kd
+from nas_kd.arch import ArchSpec
+from nas_kd.builder import build_student
+from nas_kd.cost import count_cost
+from nas_kd.export import main as export_main
+from nas_kd.export import pick_trial
+from nas_kd.search import main as search_main
+from nas_kd.study import TrialRecord
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("export")
+    args = ["--dataset", "tiny", "--budget", "150k", "--epochs", "4", "--batch-size", "32", "--trials", "2",
+            "--studies-dir", str(root), "--cache-dir", str(cache_dir), "--study-name", "ex", "--threads", "2"]
+    assert search_main(args) == 0
+    return root
+
+
+def export(study_dir, cache_dir, *extra):
+    return export_main(["--study-name", "ex", "--studies-dir", str(study_dir), "--cache-dir", str(cache_dir),
+                        "--epochs", "3", "--threads", "2", *extra])
+
+
+def test_export_writes_checked_deployables_and_a_card(study_dir, cache_dir, capsys):
+    assert export(study_dir, cache_dir, "--ablation", "--out", str(study_dir / "out")) == 0
+    folder = study_dir / "out"
+    for name in ("spec.json", "weights.safetensors", "model.ts", "model.onnx", "model_card.json", "model_card.md"):
+        assert (folder / name).is_file(), name
+    card = json.loads((folder / "model_card.json").read_text())
+    spec = ArchSpec.from_json((folder / "spec.json").read_text())
+
+    model = nas_kd.load_student(folder)
+    assert card["flops"] == count_cost(build_student(spec), (1, 12, 12)).flops
+    assert card["params"] == count_cost(model, (1, 12, 12)).params
+    assert card["flops_thop"] > 0 and card["test_accuracy"] >= 0 and card["train_seconds"] > 0
+    assert "labels_only_test_accuracy" in card["ablation"]
+    assert card["teacher"]["sha256"] and card["latency_us_per_image"]["onnxruntime"] > 0
+
+    x = torch.randn(16, 1, 12, 12)
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    import onnxruntime as ort
+
+    onnx_out = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()})[0]
+    assert np.abs(onnx_out - expected).max() < 1e-4
+    scripted = torch.jit.load(str(folder / "model.ts"))
+    assert np.abs(scripted(x).detach().numpy() - expected).max() < 1e-4
+    assert card["onnx_max_abs_diff"] < 1e-4
+    assert "test accuracy" in (folder / "model_card.md").read_text()
+    assert not [p for p in study_dir.iterdir() if p.name.startswith(".out-")]  # no temporary folder left
+
+
+def test_load_student_reproduces_the_exported_logits(study_dir, cache_dir):
+    assert export(study_dir, cache_dir, "--pick", "knee", "--out", str(study_dir / "knee")) == 0
+    a = nas_kd.load_student(study_dir / "knee")
+    b = nas_kd.load_student(study_dir / "knee")
+    x = torch.randn(4, 1, 12, 12)
+    assert torch.equal(a(x), b(x))
+    assert a.training is False
+
+
+def _study(study_dir):
+    return optuna.load_study(study_name="ex", storage=f"sqlite:///{study_dir / 'ex.db'}")
+
+
+def test_bad_choices_exit_2_and_write_nothing(study_dir, cache_dir, capsys, tmp_path):
+    infeasible = [t.number for t in _study(study_dir).trials if t.user_attrs.get("status") == "infeasible"]
+    cases = [(["--trial", "999"], "no trial 999"), (["--pick", "sideways"], "unknown --pick")]
+    if infeasible:
+        cases.append((["--trial", str(infeasible[0])], "over budget"))
+    for args, message in cases:
+        out = tmp_path / "never"
+        assert export(study_dir, cache_dir, *args, "--out", str(out)) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+    assert export_main(["--study-name", "nope", "--studies-dir", str(study_dir)]) == 2
+    assert "no study named 'nope'" in capsys.readouterr().err
+
+
+def test_missing_teacher_is_a_clear_error(study_dir, tmp_path, capsys):
+    assert export(study_dir, tmp_path / "empty-cache", "--out", str(tmp_path / "x")) == 2
+    assert "no trained teacher" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def _rec(n, acc, flops, status="trained"):
+    return TrialRecord(n, "COMPLETE", status, acc, flops, 1000, 1.0, "", {}, status != "infeasible")
+
+
+def test_pick_rules():
+    recs = [_rec(0, 0.80, 1e5), _rec(1, 0.90, 4e5), _rec(2, 0.91, 2e6), _rec(3, 0.99, 9e6, "infeasible"),
+            _rec(4, 0.85, 3e5)]
+    assert pick_trial(recs, pick="best").number == 2
+    assert pick_trial(recs, pick="max-acc-under:500k").number == 1
+    assert pick_trial(recs, pick="knee").number == 1
+    assert pick_trial(recs, trial=4).number == 4
