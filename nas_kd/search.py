@@ -360,10 +360,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if not front:
         print("no trained candidate fits the budget yet: run more trials", file=sys.stderr)
+        _write_report(cfg)
         return 0
     print(format_front(front, cfg.budget_flops))
     print(f"front written to {cfg.out_dir / 'front.csv'} and {cfg.out_dir / 'front.json'}")
+    _write_report(cfg)
     return 0
+
+
+def _write_report(cfg: SearchConfig) -> None:
+    """The finished study's HTML report; failing to write it is a note, never a failed search."""
+    try:
+        from nas_kd.report import write_report
+        from nas_kd.study import load_existing_study
+
+        print(f"report: {write_report(load_existing_study(cfg.name, cfg.storage_url), cfg.out_dir)}")
+    except Exception as err:  # noqa: BLE001
+        print(f"note: no report written ({type(err).__name__}: {err})", file=sys.stderr)
 
 
 if __name__ == "__main__":
