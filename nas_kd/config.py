@@ -38,12 +38,16 @@ class SearchConfig:
     cache_dir: str | None = None  # teachers and their logits; default ~/.cache/nas_kd
     device: str = "auto"
     threads: int | None = None
+    workers: int = 1  # local worker processes sharing the study
+    worker_index: int | None = None  # set in a worker process started by --workers
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if self.trials < 1:
             raise UserError("--trials must be at least 1")
+        if self.workers < 1:
+            raise UserError("--workers must be at least 1")
         if self.study_name is not None and not _STUDY_NAME.match(self.study_name):
             raise UserError(
                 f"study name {self.study_name!r} is not allowed: use letters, digits, '.', '_' "

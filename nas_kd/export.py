@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -292,6 +293,10 @@ def model_card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -309,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir")
     p.add_argument("--threads", type=int)
     a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a stop cleans up the temporary folder like Ctrl-C
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     storage = a.storage or f"sqlite:///{Path(a.studies_dir) / (a.study_name + '.db')}"
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -18,10 +19,11 @@ class Progress:
     """``status`` redraws a single line (throttled); ``log`` prints a line that stays."""
 
     def __init__(
-        self, stream: TextIO | None = None, *, quiet: bool = False, log_every: float = 30.0
+        self, stream: TextIO | None = None, *, quiet: bool = False, log_every: float = 30.0, prefix: str = ""
     ) -> None:
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
+        self.live = self.stream.isatty() and os.environ.get("NAS_KD_PROGRESS") != "lines"
+        self.prefix = prefix
         self.log_every = log_every  # when not a terminal, a status line is logged this often
         self.quiet = quiet
         self._last_draw = 0.0
@@ -38,7 +40,7 @@ class Progress:
             self.log(text)
             return
         width = shutil.get_terminal_size((120, 20)).columns - 1
-        self.stream.write("\r\x1b[2K" + text[:width])
+        self.stream.write("\r\x1b[2K" + (self.prefix + text)[:width])
         self.stream.flush()
         self._drawn = True
 
@@ -48,5 +50,5 @@ class Progress:
         if self._drawn:
             self.stream.write("\r\x1b[2K")
             self._drawn = False
-        self.stream.write(text + "\n")
+        self.stream.write(self.prefix + text + "\n")
         self.stream.flush()

@@ -9,39 +9,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
-import time
-import traceback
 import warnings
-from dataclasses import asdict
-from pathlib import Path
 
 import optuna
-import torch
 
-from nas_kd.builder import build_student
 from nas_kd.config import SAMPLERS, SearchConfig
-from nas_kd.cost import FLOP_CONVENTION, count_cost
-from nas_kd.data import Split, dataset_names, load_dataset, split_dataset
-from nas_kd.distill import KDSettings, kd_loss_names
-from nas_kd.errors import TrialFailed, UserError
+from nas_kd.cost import FLOP_CONVENTION
+from nas_kd.data import dataset_names
+from nas_kd.distill import KDSettings, kd_loss_names, needs_features
+from nas_kd.errors import UserError
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity, parse_quantity
-from nas_kd.space import SearchSpace, load_space
-from nas_kd.study import (
-    check_identity,
-    front_records,
-    make_sampler,
-    open_study,
-    redact_url,
-    trial_records,
-    write_front,
-)
-from nas_kd.teacher import load_or_train_teacher, teacher_logits
-from nas_kd.train import TrainSettings, accuracy, train_model
-
-MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial before giving up
-MAX_UNEXPECTED_FAILURES = 3  # consecutive trial crashes of unknown cause before stopping
+from nas_kd.study import front_records, redact_url, trial_records, write_front
+from nas_kd.train import TrainSettings
+from nas_kd.trial_loop import prepare, run_trials
 
 
 def parse_args(argv: list[str] | None) -> SearchConfig:
@@ -76,10 +60,18 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
     p.add_argument("--teacher-seed", type=int, default=0, help="seed of the default teacher (default 0)")
     p.add_argument("--cache-dir", help="teacher cache (default ~/.cache/nas_kd or $NAS_KD_CACHE_DIR)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
-    p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores, shared by workers)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes sharing the study (default 1); on several machines, run the "
+                   "same command with the same --storage on each")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.kd not in kd_loss_names():
         raise UserError(f"unknown distillation loss {a.kd!r}: choose one of {', '.join(kd_loss_names())}")
+    if needs_features(a.kd):
+        logit_losses = ", ".join(n for n in kd_loss_names() if not needs_features(n))
+        raise UserError(f"--kd {a.kd} needs teacher features on every batch, which the search trainer does not "
+                        f"compute yet; use one of {logit_losses}")
     return SearchConfig(
         dataset=a.dataset, data_dir=a.data_dir,
         budget_flops=parse_quantity(a.budget, what="--budget"),
@@ -90,241 +82,88 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         kd=KDSettings(loss=a.kd, temperature=a.temperature, alpha=a.alpha),
         teacher_seed=a.teacher_seed, study_name=a.study_name, storage=a.storage,
         studies_dir=a.studies_dir, sampler=a.sampler, cache_dir=a.cache_dir, device=a.device,
-        threads=a.threads,
+        threads=a.threads, workers=a.workers, worker_index=a.worker_index,
     )
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _worker_args(cfg: SearchConfig, index: int, trials: int, threads: int) -> list[str]:
+    """The command line of one local worker: this run's settings, its share of trials and threads."""
+    c = cfg
+    args = ["--budget", str(c.budget_flops), "--dataset", c.dataset, "--space", c.space, "--trials", str(trials),
+            "--study-name", c.name, "--storage", c.storage_url, "--studies-dir", c.studies_dir,
+            "--sampler", c.sampler, "--seed", str(c.seed), "--epochs", str(c.train.epochs),
+            "--train-subset", str(c.train_subset or 0), "--split-seed", str(c.split_seed),
+            "--batch-size", str(c.train.batch_size), "--lr", str(c.train.lr), "--kd", c.kd.loss,
+            "--temperature", str(c.kd.temperature), "--alpha", str(c.kd.alpha), "--teacher-seed", str(c.teacher_seed),
+            "--device", c.device, "--threads", str(threads), "--worker-index", str(index)]
+    for flag, value in (("--params", c.budget_params), ("--data-dir", c.data_dir), ("--timeout", c.timeout),
+                        ("--val-size", c.val_size), ("--cache-dir", c.cache_dir)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def _run_workers(cfg: SearchConfig, progress: Progress) -> int:
+    """Start ``cfg.workers`` processes on this machine that share the study; wait for all of them."""
+    cores = os.cpu_count() or 1
+    threads = cfg.threads or max(1, cores // cfg.workers)
+    shares = [cfg.trials // cfg.workers + (i < cfg.trials % cfg.workers) for i in range(cfg.workers)]
+    progress.log(f"starting {cfg.workers} workers ({threads} thread(s) each; trials {shares})")
+    env = {**os.environ, "NAS_KD_PROGRESS": "lines"}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "nas_kd.search", *_worker_args(cfg, i, n, threads)], env=env)
+        for i, n in enumerate(shares) if n > 0
+    ]
     try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"unknown device {name!r}: {err}") from None
-
-
-def _prepare_studies_dir(cfg: SearchConfig) -> None:
-    folder = Path(cfg.studies_dir)
-    try:
-        cfg.out_dir.mkdir(parents=True, exist_ok=True)
-        probe = cfg.out_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(
-            f"cannot write to studies folder {folder} ({err.strerror or err}); "
-            "choose another with --studies-dir"
-        ) from None
-
-
-def _check_budget(cfg: SearchConfig, space: SearchSpace, split: Split) -> None:
-    spec, min_flops = space.cheapest(split.input_shape, split.num_classes)
-    if cfg.budget_flops < min_flops:
-        raise UserError(
-            f"budget {format_quantity(cfg.budget_flops)} FLOPs is below the cheapest architecture of "
-            f"space '{space.name}' at input {tuple(split.input_shape)}: {format_quantity(min_flops)} FLOPs "
-            f"({spec.summary()}). Raise --budget to at least {min_flops} or use a smaller --space"
-        )
-    if cfg.budget_params is not None:
-        params = count_cost(build_student(spec), split.input_shape).params
-        if cfg.budget_params < params:
-            raise UserError(
-                f"parameter budget {format_quantity(cfg.budget_params)} is below the cheapest "
-                f"architecture of space '{space.name}': {params} parameters ({spec.summary()})"
-            )
-
-
-def _identity(cfg: SearchConfig, split: Split, space: SearchSpace) -> dict:
-    return {
-        "dataset": split.description["dataset"],
-        "input_shape": list(split.input_shape),
-        "num_classes": split.num_classes,
-        "split": {k: split.description[k] for k in ("train_size", "val_size", "split_seed", "fingerprint")},
-        "space_sha256": space.sha256,
-        "budget_flops": cfg.budget_flops,
-        "budget_params": cfg.budget_params,
-        "train": asdict(cfg.train),
-        "train_subset": cfg.train_subset,
-        "kd": asdict(cfg.kd),
-        "flop_convention": FLOP_CONVENTION,
-    }
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    bad = [c for c in codes if c != 0]
+    return max(bad, key=lambda c: c == 2) if bad else 0
 
 
 def run_search(cfg: SearchConfig, progress: Progress | None = None) -> list:
     """Run (or resume) the study described by ``cfg``; return the Pareto front records."""
     progress = progress or Progress()
-    device = _device(cfg.device)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    data = load_dataset(cfg.dataset, cfg.data_dir)
-    n_train = len(data.y_train)
-    val_size = cfg.val_size if cfg.val_size is not None else min(5000, round(0.15 * n_train))
-    split = split_dataset(data, val_size=val_size, seed=cfg.split_seed)
-    space = load_space(cfg.space)
-    _check_budget(cfg, space, split)
-    _prepare_studies_dir(cfg)
-    study = open_study(cfg.name, cfg.storage_url)
-    identity = _identity(cfg, split, space)
-    check_identity(study, identity)
-    study.set_user_attr("nas_kd.settings", {
-        "config": {**cfg.to_dict(), "storage": redact_url(cfg.storage_url)},
-        "data": split.description, "space": {"name": space.name, "source": space.source},
-        "flop_convention": FLOP_CONVENTION,
-    })
-
-    t_logits = None
-    if cfg.kd.uses_teacher:
-        teacher = load_or_train_teacher(split, seed=cfg.teacher_seed, cache_dir=cfg.cache_dir,
-                                        progress=progress, device=device)
-        teacher_info = {k: teacher.info[k] for k in
-                        ("key", "sha256", "val_accuracy", "test_accuracy", "arch", "flops", "params")}
-        check_identity(study, {"teacher": {k: teacher_info[k] for k in ("key", "sha256")}})
-        study.set_user_attr("nas_kd.teacher", teacher_info)
-        t_logits_all = teacher_logits(teacher, split, cache_dir=cfg.cache_dir)
-    idx = split.subset_index(cfg.train_subset, cfg.split_seed)
-    x_train, y_train = split.x_train[idx], split.y_train[idx]
-    if cfg.kd.uses_teacher:
-        t_logits = t_logits_all[idx]
-
-    n_before = len(study.trials)
-    study.sampler = make_sampler(cfg.sampler, cfg.seed + n_before)  # resumed runs draw new samples
+    run = prepare(cfg, progress)
+    n_before = len(run.study.trials)
     progress.log(
         f"study {cfg.name!r} in {redact_url(cfg.storage_url)} ({'resuming, ' if n_before else ''}"
         f"{n_before} trials so far) | budget {format_quantity(cfg.budget_flops)} FLOPs"
         + (f", {format_quantity(cfg.budget_params)} params" if cfg.budget_params else "")
-        + f" | {cfg.kd.describe()} | {cfg.train.epochs:g} epochs on {len(y_train)} images"
+        + f" | {cfg.kd.describe()} | {cfg.train.epochs:g} epochs on {len(run.y_train)} images"
     )
     progress.log(f"cost convention: {FLOP_CONVENTION}")
-    _loop(cfg, study, space, split, (x_train, y_train, t_logits), device, progress)
-    records = trial_records(study)
-    front = front_records(records)
+    if cfg.workers > 1:
+        code = _run_workers(cfg, progress)
+        if code:
+            raise WorkerFailed(code)
+    else:
+        stats = run_trials(run, progress)
+        n = stats["trained"]
+        progress.log(
+            f"ran {n} trained trials in {format_seconds(stats['seconds'])} "
+            f"({stats['seconds'] / max(1, n):.1f} s per trial, {stats['train_seconds'] / max(1, n):.1f} s of it "
+            f"training), skipped {stats['skipped']} over budget"
+            + (f", {stats['duplicates']} repeated architectures reused" if stats["duplicates"] else "")
+            + (f", {stats['failed']} failed" if stats["failed"] else "")
+        )
+    if cfg.worker_index is not None:
+        return []
+    front = front_records(trial_records(run.study))
     if front:
         write_front(front, cfg.out_dir)
     return front
 
 
-def _loop(cfg, study, space, split, train_data, device, progress) -> None:  # noqa: ANN001
-    x_train, y_train, t_logits = train_data
-    shape, budget = split.input_shape, cfg.budget_flops
-    known = {
-        t.user_attrs["spec_json"]: t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get("status") == "trained" and "spec_json" in t.user_attrs
-    }
-    best = max((t.values[0] for t in known.values()), default=None)
-    trained = skipped = duplicates = unexpected = 0
-    start = time.perf_counter()
-    train_times: list[float] = []
-
-    def status(extra: str = "") -> str:
-        best_text = f"{best:.2%}" if best is not None else "-"
-        return (f"trial {min(trained + 1, cfg.trials)}/{cfg.trials} | {format_seconds(time.perf_counter() - start)} "
-                f"| best val {best_text} | skipped {skipped} over budget" + (f" | {extra}" if extra else ""))
-
-    while trained < cfg.trials:
-        if cfg.timeout is not None and time.perf_counter() - start > cfg.timeout:
-            progress.log(f"timeout of {cfg.timeout:g} s reached after {trained} trained trials")
-            break
-        if skipped > MAX_SKIPS_PER_TRIAL * cfg.trials:
-            raise UserError(
-                f"gave up after {skipped} candidates over budget: the space rarely fits "
-                f"{format_quantity(budget)} FLOPs; raise --budget or use a smaller --space"
-            )
-        trial = study.ask()
-        spec = space.sample(trial, shape, split.num_classes)
-        torch.manual_seed(cfg.seed)
-        model = build_student(spec)
-        cost = count_cost(model, shape)
-        spec_json = spec.to_json()
-        for key, value in (("spec", spec.to_dict()), ("spec_json", spec_json), ("summary", spec.summary()),
-                           ("flops", cost.flops), ("params", cost.params)):
-            trial.set_user_attr(key, value)
-        trial.set_constraint("flops", cost.flops - budget)
-        if cfg.budget_params is not None:
-            trial.set_constraint("params", cost.params - cfg.budget_params)
-        if cost.flops > budget or (cfg.budget_params is not None and cost.params > cfg.budget_params):
-            trial.set_user_attr("status", "infeasible")
-            study.tell(trial, [0.0, float(cost.flops)])
-            skipped += 1
-            progress.status(status())
-            continue
-        if spec_json in known:  # the same architecture under the same seed trains identically
-            earlier = known[spec_json]
-            for key in ("val_accuracy", "train_seconds"):
-                trial.set_user_attr(key, earlier.user_attrs.get(key))
-            trial.set_user_attr("status", "duplicate")
-            trial.set_user_attr("duplicate_of", earlier.number)
-            study.tell(trial, [earlier.values[0], float(cost.flops)])
-            duplicates += 1
-            continue
-
-        progress.status(status(f"#{trial.number} training {format_quantity(cost.flops)} FLOPs"), force=True)
-        try:
-            model = model.to(device).to(memory_format=torch.channels_last)
-            def on_step(step: int, total: int, _loss: float, number: int = trial.number) -> None:
-                progress.status(status(f"#{number} training {step / total:.0%}"))
-
-            result = train_model(model, x_train, y_train, cfg.train, kd=cfg.kd, teacher_logits=t_logits,
-                                 on_step=on_step)
-            val_acc = accuracy(model, split.x_val, split.y_val)
-        except KeyboardInterrupt:
-            trial.set_user_attr("status", "failed")
-            trial.set_user_attr("fail_reason", "interrupted by the user")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise
-        except (TrialFailed, torch.OutOfMemoryError, MemoryError) as err:
-            _fail(study, trial, f"{type(err).__name__}: {err}", progress)
-            trained += 1
-            continue
-        except Exception as err:  # noqa: BLE001 - a bug must not lose the study; stop after a few
-            unexpected += 1
-            _log_error(cfg, trial.number, spec_json)
-            _fail(study, trial, f"{type(err).__name__}: {err} (traceback in {cfg.out_dir / 'errors.log'})", progress)
-            if unexpected >= MAX_UNEXPECTED_FAILURES:
-                raise RuntimeError(f"{unexpected} trials in a row crashed; see {cfg.out_dir / 'errors.log'}") from err
-            trained += 1
-            continue
-        unexpected = 0
-        trial.set_user_attr("status", "trained")
-        trial.set_user_attr("val_accuracy", val_acc)
-        trial.set_user_attr("train_seconds", round(result.seconds, 2))
-        _save_weights(cfg, trial.number, model)
-        frozen = study.tell(trial, [val_acc, float(cost.flops)])
-        known[spec_json] = frozen
-        trained += 1
-        train_times.append(result.seconds)
-        best = val_acc if best is None else max(best, val_acc)
-        progress.log(
-            f"#{trial.number:<4d} [{trained}/{cfg.trials}] val {val_acc:6.2%} | "
-            f"{format_quantity(cost.flops):>6s} FLOPs | {format_quantity(cost.params):>6s} params | "
-            f"{result.seconds:5.1f} s | {spec.summary()}"
-        )
-    elapsed = time.perf_counter() - start
-    per_trial = elapsed / trained if trained else 0.0
-    progress.log(
-        f"ran {trained} trained trials in {format_seconds(elapsed)} ({per_trial:.1f} s per trial, "
-        f"{sum(train_times) / max(1, len(train_times)):.1f} s of it training), skipped {skipped} over budget"
-        + (f", {duplicates} repeated architectures reused" if duplicates else "")
-    )
-
-
-def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, progress: Progress) -> None:
-    trial.set_user_attr("status", "failed")
-    trial.set_user_attr("fail_reason", reason[:1000])
-    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    progress.log(f"#{trial.number:<4d} failed: {reason}")
-
-
-def _log_error(cfg: SearchConfig, number: int, spec_json: str) -> None:
-    with open(cfg.out_dir / "errors.log", "a") as f:
-        f.write(f"--- trial {number} spec {spec_json}\n{traceback.format_exc()}\n")
-
-
-def _save_weights(cfg: SearchConfig, number: int, model: torch.nn.Module) -> None:
-    folder = cfg.out_dir / "trials"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{number}.pt.tmp"
-    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(folder / f"{number}.pt")
+class WorkerFailed(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"a worker exited with code {code}")
+        self.code = code
 
 
 def format_front(front: list, budget_flops: int) -> str:
@@ -345,19 +184,35 @@ def format_front(front: list, budget_flops: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # ask/tell with heartbeats is supported here: trial_loop records them itself while a trial trains
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's stop is handled like Ctrl-C
     cfg = None
     try:
         cfg = parse_args(argv)
-        front = run_search(cfg)
+        prefix = f"[worker {cfg.worker_index}] " if cfg.worker_index is not None else ""
+        front = run_search(cfg, Progress(prefix=prefix))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        name = f" --study-name {cfg.name}" if cfg else ""
-        print(f"\ninterrupted: finished trials are saved; run the same command{name and ' (' + name.strip() + ')'} "
-              "to resume", file=sys.stderr)
+        where = f" (study {cfg.name})" if cfg else ""
+        print(f"\ninterrupted: finished trials are saved{where}; run the same command to resume", file=sys.stderr)
         return 130
+    except WorkerFailed as err:
+        print(f"error: {err}; finished trials are saved, run the same command to resume", file=sys.stderr)
+        return err.code
+    except OSError as err:  # disk full, permissions, vanished folders: the user's machine, not a bug
+        print(f"error: cannot write {err.filename or ''}: {err.strerror or err}; finished trials are saved",
+              file=sys.stderr)
+        return 2
+    except (optuna.exceptions.StorageInternalError, _sqlalchemy_error()) as err:
+        reason = redact_url(str(err).splitlines()[0])
+        print(f"error: the study storage failed ({reason}); finished trials are saved", file=sys.stderr)
+        return 2
+    if cfg.worker_index is not None:
+        return 0
     if not front:
         print("no trained candidate fits the budget yet: run more trials", file=sys.stderr)
         _write_report(cfg)
@@ -366,6 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"front written to {cfg.out_dir / 'front.csv'} and {cfg.out_dir / 'front.json'}")
     _write_report(cfg)
     return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _sqlalchemy_error() -> type[Exception]:
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        return SQLAlchemyError
+    except ImportError:  # pragma: no cover - Optuna's RDB storage always brings SQLAlchemy
+        return OSError
 
 
 def _write_report(cfg: SearchConfig) -> None:

@@ -8,6 +8,7 @@ split, space, budgets, training and KD settings, teacher fingerprint) and the FL
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +39,31 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     )
 
 
+# A RUNNING trial whose worker is silent for the grace period is failed by the next worker that
+# asks for a trial (or by the next run). Tests shorten both through the environment.
+HEARTBEAT_SECONDS = int(os.environ.get("NAS_KD_HEARTBEAT_SECONDS", "20"))
+GRACE_SECONDS = int(os.environ.get("NAS_KD_GRACE_SECONDS", "90"))
+SQLITE_LOCK_TIMEOUT = float(os.environ.get("NAS_KD_SQLITE_TIMEOUT", "60"))
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage | str:
+    """RDB URLs get heartbeats (so a killed worker's trial does not stay RUNNING) and, for SQLite,
+    a generous lock timeout so several local workers can share one file."""
+    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        return url
+    engine_kwargs = (
+        {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
+    )
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+    )
+
+
 def open_study(name: str, storage: str) -> optuna.Study:
     """Create the study, or load it when it exists (to resume). UserError if storage is unusable."""
     try:
         return optuna.create_study(
-            study_name=name, storage=storage, directions=list(DIRECTIONS), load_if_exists=True
+            study_name=name, storage=make_storage(storage), directions=list(DIRECTIONS), load_if_exists=True
         )
     except ValueError as err:
         if "direction" in str(err).lower():
@@ -50,6 +71,8 @@ def open_study(name: str, storage: str) -> optuna.Study:
         raise UserError(f"cannot open study {name!r} in {redact_url(storage)}: {err}") from None
     except Exception as err:  # noqa: BLE001 - SQLAlchemy/driver errors: unreachable, locked, corrupt
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, ImportError):
+            reason += " (PostgreSQL: pip install 'psycopg[binary]'; MySQL: pip install pymysql)"
         raise UserError(
             f"cannot open study storage {redact_url(storage)}: {redact_url(reason)}"
         ) from None
@@ -114,6 +137,8 @@ class TrialRecord:
 
 def to_record(t: FrozenTrial) -> TrialRecord:
     a = t.user_attrs
+    if t.state == TrialState.FAIL and "status" not in a:  # failed by another worker's stale-trial check
+        a = {**a, "status": "failed", "fail_reason": "its worker stopped (no heartbeat): killed or crashed"}
     feasible = all(v <= 0 for v in (t.constraints or {}).values()) if t.constraints else a.get("status") != "infeasible"
     has_result = t.state == TrialState.COMPLETE and a.get("status") in ("trained", "duplicate")
     return TrialRecord(

@@ -88,7 +88,8 @@ def test_a_diverging_trial_fails_alone_with_its_reason(tmp_path, cache_dir, caps
      (["--params", "10"], "parameter budget"),
      (["--study-name", "../escape"], "study name"),
      (["--alpha", "2"], "--alpha must be in"),
-     (["--kd", "nope"], "unknown distillation loss")],
+     (["--kd", "nope"], "unknown distillation loss"),
+     (["--kd", "fitnet"], "needs teacher features")],
 )
 def test_bad_input_exits_2_with_one_clear_message(tmp_path, cache_dir, capsys, args, message):
     assert run(tmp_path, cache_dir, "--trials", "1", *args) == 2

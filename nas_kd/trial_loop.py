@@ -1,0 +1,310 @@
+"""The per-trial path of a search, kept lean: sample → count (ms) → reject, or train → evaluate → record.
+
+Everything that does not depend on the candidate (data tensors, teacher logits) is prepared once
+per process in ``prepare``; ``run_trials`` then asks the study for candidates until this process
+has trained its share.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass
+
+import optuna
+import torch
+
+from nas_kd.builder import build_student
+from nas_kd.config import SearchConfig
+from nas_kd.cost import FLOP_CONVENTION, count_cost
+from nas_kd.data import Split, load_dataset, split_dataset
+from nas_kd.errors import TrialFailed, UserError
+from nas_kd.progress import Progress, format_seconds
+from nas_kd.quantity import format_quantity
+from nas_kd.space import SearchSpace, load_space
+from nas_kd.study import check_identity, make_sampler, open_study, redact_url
+from nas_kd.teacher import load_or_train_teacher, teacher_logits
+from nas_kd.train import accuracy, train_model
+
+MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial before giving up
+MAX_UNEXPECTED_FAILURES = 3  # consecutive trial crashes of unknown cause before stopping
+WORKER_SEED_STRIDE = 7919  # workers draw from different sampler streams
+
+
+@dataclass
+class Run:
+    """What one process needs to run trials: built once, used by every trial."""
+
+    cfg: SearchConfig
+    split: Split
+    space: SearchSpace
+    study: optuna.Study
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    teacher_logits: torch.Tensor | None
+    device: torch.device
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"unknown device {name!r}: {err}") from None
+
+
+def _prepare_studies_dir(cfg: SearchConfig) -> None:
+    try:
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        probe = cfg.out_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(
+            f"cannot write to studies folder {cfg.studies_dir} ({err.strerror or err}); "
+            "choose another with --studies-dir"
+        ) from None
+
+
+def _check_budget(cfg: SearchConfig, space: SearchSpace, split: Split) -> None:
+    spec, min_flops = space.cheapest(split.input_shape, split.num_classes)
+    if cfg.budget_flops < min_flops:
+        raise UserError(
+            f"budget {format_quantity(cfg.budget_flops)} FLOPs is below the cheapest architecture of "
+            f"space '{space.name}' at input {tuple(split.input_shape)}: {format_quantity(min_flops)} FLOPs "
+            f"({spec.summary()}). Raise --budget to at least {min_flops} or use a smaller --space"
+        )
+    if cfg.budget_params is not None:
+        params = count_cost(build_student(spec), split.input_shape).params
+        if cfg.budget_params < params:
+            raise UserError(
+                f"parameter budget {format_quantity(cfg.budget_params)} is below the cheapest "
+                f"architecture of space '{space.name}': {params} parameters ({spec.summary()})"
+            )
+
+
+def _identity(cfg: SearchConfig, split: Split, space: SearchSpace) -> dict:
+    """What must not change when a study is resumed or shared by several workers."""
+    return {
+        "dataset": split.description["dataset"],
+        "input_shape": list(split.input_shape),
+        "num_classes": split.num_classes,
+        "split": {k: split.description[k] for k in ("train_size", "val_size", "split_seed", "fingerprint")},
+        "space_sha256": space.sha256,
+        "budget_flops": cfg.budget_flops,
+        "budget_params": cfg.budget_params,
+        "train": asdict(cfg.train),
+        "train_subset": cfg.train_subset,
+        "kd": asdict(cfg.kd),
+        "flop_convention": FLOP_CONVENTION,
+    }
+
+
+def prepare(cfg: SearchConfig, progress: Progress) -> Run:
+    """Check every input, open (or resume) the study, and get the teacher's logits ready."""
+    device = _device(cfg.device)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    n_train = len(data.y_train)
+    val_size = cfg.val_size if cfg.val_size is not None else min(5000, round(0.15 * n_train))
+    split = split_dataset(data, val_size=val_size, seed=cfg.split_seed)
+    space = load_space(cfg.space)
+    _check_budget(cfg, space, split)
+    _prepare_studies_dir(cfg)
+    study = open_study(cfg.name, cfg.storage_url)
+    check_identity(study, _identity(cfg, split, space))
+    if cfg.worker_index is None:
+        study.set_user_attr("nas_kd.settings", {
+            "config": {**cfg.to_dict(), "storage": redact_url(cfg.storage_url)},
+            "data": split.description, "space": {"name": space.name, "source": space.source},
+            "flop_convention": FLOP_CONVENTION,
+        })
+    idx = split.subset_index(cfg.train_subset, cfg.split_seed)
+    logits = None
+    if cfg.kd.uses_teacher:
+        teacher = load_or_train_teacher(split, seed=cfg.teacher_seed, cache_dir=cfg.cache_dir,
+                                        progress=progress, device=device)
+        keep = ("key", "sha256", "val_accuracy", "test_accuracy", "arch", "flops", "params")
+        info = {k: teacher.info[k] for k in keep}
+        # A worker with another teacher (other cache, other weights) is refused here.
+        check_identity(study, {"teacher": {k: info[k] for k in ("key", "sha256")}})
+        study.set_user_attr("nas_kd.teacher", info)
+        logits = teacher_logits(teacher, split, cache_dir=cfg.cache_dir)[idx]
+    return Run(cfg, split, space, study, split.x_train[idx], split.y_train[idx], logits, device)
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat in a background thread while it trains (ask/tell gets none)."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        storage = study._storage  # noqa: SLF001 - Optuna exposes no public handle for ask/tell heartbeats
+        self._enabled = _heartbeat_enabled(storage)
+        self._storage, self._trial_id = storage, trial._trial_id  # noqa: SLF001
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        interval = self._storage.get_heartbeat_interval() or 60
+        while not self._stop.wait(interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception:  # noqa: BLE001 - a missed beat must not kill training
+                pass
+
+    def __enter__(self) -> _Heartbeat:
+        if self._enabled:
+            self._storage.record_heartbeat(self._trial_id)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+def _heartbeat_enabled(storage: object) -> bool:
+    # RDB storages come wrapped in Optuna's cache layer, which forwards the heartbeat methods.
+    return hasattr(storage, "record_heartbeat") and bool(storage.get_heartbeat_interval())
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Fail trials whose worker stopped sending heartbeats (killed, crashed, lost its machine)."""
+    optuna.storages.fail_stale_trials(study)  # a no-op on storages without heartbeats
+
+
+def run_trials(run: Run, progress: Progress) -> dict:
+    """Ask for candidates until ``cfg.trials`` are trained (or time runs out); return counts."""
+    cfg, study, split = run.cfg, run.study, run.split
+    shape, budget = split.input_shape, cfg.budget_flops
+    _fail_stale(study)
+    n_before = len(study.trials)
+    # resumed runs (and each worker) draw new samples instead of repeating the first run's
+    study.sampler = make_sampler(cfg.sampler, cfg.seed + n_before + WORKER_SEED_STRIDE * (cfg.worker_index or 0))
+    known = {
+        t.user_attrs["spec_json"]: t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("status") == "trained" and "spec_json" in t.user_attrs
+    }
+    stats = {"trained": 0, "skipped": 0, "duplicates": 0, "failed": 0, "train_seconds": 0.0}
+    best = max((t.values[0] for t in known.values()), default=None)
+    unexpected = 0
+    start = time.perf_counter()
+
+    def status(extra: str = "") -> str:
+        best_text = f"{best:.2%}" if best is not None else "-"
+        return (f"trial {min(stats['trained'] + 1, cfg.trials)}/{cfg.trials} | "
+                f"{format_seconds(time.perf_counter() - start)} | best val {best_text} | "
+                f"skipped {stats['skipped']} over budget" + (f" | {extra}" if extra else ""))
+
+    while stats["trained"] < cfg.trials:
+        if cfg.timeout is not None and time.perf_counter() - start > cfg.timeout:
+            progress.log(f"timeout of {cfg.timeout:g} s reached after {stats['trained']} trained trials")
+            break
+        if stats["skipped"] > MAX_SKIPS_PER_TRIAL * cfg.trials:
+            raise UserError(
+                f"gave up after {stats['skipped']} candidates over budget: the space rarely fits "
+                f"{format_quantity(budget)} FLOPs; raise --budget or use a smaller --space"
+            )
+        if stats["skipped"] and stats["skipped"] % 50 == 0:
+            _fail_stale(study)
+        trial = study.ask()
+        spec = run.space.sample(trial, shape, split.num_classes)
+        torch.manual_seed(cfg.seed)
+        model = build_student(spec)
+        cost = count_cost(model, shape)
+        spec_json = spec.to_json()
+        for key, value in (("spec", spec.to_dict()), ("spec_json", spec_json), ("summary", spec.summary()),
+                           ("flops", cost.flops), ("params", cost.params)):
+            trial.set_user_attr(key, value)
+        if cfg.worker_index is not None:
+            trial.set_user_attr("worker", cfg.worker_index)
+        trial.set_constraint("flops", cost.flops - budget)
+        if cfg.budget_params is not None:
+            trial.set_constraint("params", cost.params - cfg.budget_params)
+        if cost.flops > budget or (cfg.budget_params is not None and cost.params > cfg.budget_params):
+            trial.set_user_attr("status", "infeasible")
+            study.tell(trial, [0.0, float(cost.flops)])
+            stats["skipped"] += 1
+            progress.status(status())
+            continue
+        if spec_json in known:  # the same architecture under the same seed trains identically
+            earlier = known[spec_json]
+            trial.set_user_attr("val_accuracy", earlier.user_attrs.get("val_accuracy"))
+            trial.set_user_attr("status", "duplicate")
+            trial.set_user_attr("duplicate_of", earlier.number)
+            study.tell(trial, [earlier.values[0], float(cost.flops)])
+            stats["duplicates"] += 1
+            continue
+
+        progress.status(status(f"#{trial.number} training {format_quantity(cost.flops)} FLOPs"), force=True)
+        try:
+            with _Heartbeat(study, trial):
+                val_acc, seconds = _train_candidate(run, model, trial.number,
+                                                    lambda text: progress.status(status(text)))
+            _save_weights(cfg, trial.number, model)
+        except KeyboardInterrupt:
+            _fail(study, trial, "interrupted by the user", progress)
+            raise
+        except (TrialFailed, torch.OutOfMemoryError, MemoryError) as err:
+            _fail(study, trial, f"{type(err).__name__}: {err}", progress)
+            stats["trained"] += 1
+            stats["failed"] += 1
+            continue
+        except (UserError, OSError) as err:  # the machine, not the candidate: stop the run, keep the study
+            _fail(study, trial, f"{type(err).__name__}: {err}", progress)
+            raise
+        except Exception as err:  # noqa: BLE001 - a bug must not lose the study; stop after a few
+            unexpected += 1
+            log = cfg.out_dir / "errors.log"
+            with open(log, "a") as f:
+                f.write(f"--- trial {trial.number} spec {spec_json}\n{traceback.format_exc()}\n")
+            _fail(study, trial, f"{type(err).__name__}: {err} (traceback in {log})", progress)
+            if unexpected >= MAX_UNEXPECTED_FAILURES:
+                raise RuntimeError(f"{unexpected} trials in a row crashed; see {log}") from err
+            stats["trained"] += 1
+            stats["failed"] += 1
+            continue
+        unexpected = 0
+        trial.set_user_attr("status", "trained")
+        trial.set_user_attr("val_accuracy", val_acc)
+        trial.set_user_attr("train_seconds", round(seconds, 2))
+        known[spec_json] = study.tell(trial, [val_acc, float(cost.flops)])
+        stats["trained"] += 1
+        stats["train_seconds"] += seconds
+        best = val_acc if best is None else max(best, val_acc)
+        progress.log(
+            f"#{trial.number:<4d} [{stats['trained']}/{cfg.trials}] val {val_acc:6.2%} | "
+            f"{format_quantity(cost.flops):>6s} FLOPs | {format_quantity(cost.params):>6s} params | "
+            f"{seconds:5.1f} s | {spec.summary()}"
+        )
+    stats["seconds"] = time.perf_counter() - start
+    return stats
+
+
+def _train_candidate(run: Run, model: torch.nn.Module, number: int, show) -> tuple[float, float]:  # noqa: ANN001
+    """Train one candidate on the run's fixed subset (KD from cached logits) and score it on validation."""
+    model = model.to(run.device).to(memory_format=torch.channels_last)
+
+    def on_step(step: int, total: int, _loss: float) -> None:
+        show(f"#{number} training {step / total:.0%}")
+
+    result = train_model(model, run.x_train, run.y_train, run.cfg.train, kd=run.cfg.kd,
+                         teacher_logits=run.teacher_logits, on_step=on_step)
+    return accuracy(model, run.split.x_val, run.split.y_val), result.seconds
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, progress: Progress) -> None:
+    trial.set_user_attr("status", "failed")
+    trial.set_user_attr("fail_reason", reason[:1000])
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    progress.log(f"#{trial.number:<4d} failed: {reason}")
+
+
+def _save_weights(cfg: SearchConfig, number: int, model: torch.nn.Module) -> None:
+    folder = cfg.out_dir / "trials"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{number}.pt.tmp"
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(folder / f"{number}.pt")

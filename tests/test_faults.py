@@ -1,0 +1,197 @@
+"""Faults: killed and interrupted workers, broken storage, full disks, determinism, unsafe files."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+import nas_kd.trial_loop as trial_loop
+from nas_kd.search import main
+
+ARGS = ["--dataset", "tiny", "--budget", "150k", "--batch-size", "32"]
+
+
+def _load(path: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{path / (name + '.db')}")
+
+
+def _start(tmp_path, cache_dir, name, *extra, env=None):
+    cmd = [sys.executable, "-m", "nas_kd.search", *ARGS, "--studies-dir", str(tmp_path), "--cache-dir",
+           str(cache_dir), "--study-name", name, "--threads", "1", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def _wait_for_running_trial(tmp_path, name, proc, after_trained=0, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if (tmp_path / f"{name}.db").exists():
+            try:
+                trials = _load(tmp_path, name).trials
+            except Exception:  # noqa: BLE001 - the study may not exist yet
+                trials = []
+            trained = sum(t.user_attrs.get("status") == "trained" for t in trials)
+            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "flops" in t.user_attrs
+                       and t.user_attrs.get("status") is None and t.user_attrs["flops"] <= 150_000]
+            if running and trained >= after_trained:
+                return running[0].number
+        time.sleep(0.3)
+    raise AssertionError("no trial started training in time")
+
+
+def test_ctrl_c_fails_the_running_trial_exits_130_and_resumes(tmp_path, cache_dir):
+    proc = _start(tmp_path, cache_dir, "int", "--trials", "3", "--epochs", "400")
+    number = _wait_for_running_trial(tmp_path, "int", proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted: finished trials are saved" in err and "Traceback" not in err
+    t = _load(tmp_path, "int").trials[number]
+    assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["fail_reason"] == "interrupted by the user"
+    # the same command (shorter training, so the test is quick) resumes the study
+    assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "int",
+                 "--trials", "1", "--epochs", "400", "--timeout", "0.001"]) == 0
+
+
+def test_sigkilled_worker_leaves_no_trial_running_forever(tmp_path, cache_dir):
+    env = {"NAS_KD_HEARTBEAT_SECONDS": "1", "NAS_KD_GRACE_SECONDS": "3"}
+    proc = _start(tmp_path, cache_dir, "kill", "--trials", "3", "--epochs", "300", env=env)
+    number = _wait_for_running_trial(tmp_path, "kill", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert _load(tmp_path, "kill").trials[number].state == optuna.trial.TrialState.RUNNING
+    time.sleep(4)
+    # the next worker (here: the same command again, stopped at once by --timeout) fails the stale trial
+    again = _start(tmp_path, cache_dir, "kill", "--trials", "1", "--epochs", "300", "--timeout", "0.001", env=env)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    study = _load(tmp_path, "kill")
+    stale = study.trials[number]
+    assert stale.state == optuna.trial.TrialState.FAIL
+    from nas_kd.study import to_record
+
+    assert "no heartbeat" in to_record(stale).fail_reason
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_same_seed_same_architectures_and_results(tmp_path, cache_dir):
+    for name in ("a", "b"):
+        assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", name,
+                     "--trials", "2", "--epochs", "3", "--threads", "1"]) == 0
+    a, b = _load(tmp_path, "a").trials, _load(tmp_path, "b").trials
+    assert [t.params for t in a] == [t.params for t in b]
+    assert [t.values for t in a] == [t.values for t in b]
+
+
+def test_out_of_memory_fails_the_trial_not_the_study(tmp_path, cache_dir, monkeypatch):
+    real = trial_loop.train_model
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trial_loop, "train_model", flaky)
+    assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "oom",
+                 "--trials", "2", "--epochs", "3"]) == 0
+    trials = _load(tmp_path, "oom").trials
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and "OutOfMemoryError" in failed[0].user_attrs["fail_reason"]
+    assert sum(t.user_attrs.get("status") == "trained" for t in trials) == 1
+
+
+def test_disk_full_is_one_message_and_keeps_finished_work(tmp_path, cache_dir, monkeypatch, capsys):
+    args = [*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "full",
+            "--epochs", "3"]
+    assert main([*args, "--trials", "1"]) == 0
+    capsys.readouterr()
+
+    def no_space(*a, **k):
+        raise OSError(28, "No space left on device", str(tmp_path / "full" / "trials" / "x.pt.tmp"))
+
+    monkeypatch.setattr(trial_loop.torch, "save", no_space)
+    assert main([*args, "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write") and "No space left on device" in last and "Traceback" not in err
+    assert sum(t.user_attrs.get("status") == "trained" for t in _load(tmp_path, "full").trials) == 1
+
+
+def test_corrupt_sqlite_file(tmp_path, cache_dir, capsys):
+    (tmp_path / "bad.db").write_bytes(b"this is not a database" * 100)
+    code = main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "bad"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot open study storage sqlite:///") and "Traceback" not in err
+
+
+def test_locked_sqlite_file(tmp_path, cache_dir, capsys, monkeypatch):
+    args = [*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "locked",
+            "--epochs", "3", "--trials", "1"]
+    assert main(args) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("nas_kd.study.SQLITE_LOCK_TIMEOUT", 0.5)
+    holder = sqlite3.connect(tmp_path / "locked.db")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        assert main(args) == 2
+    finally:
+        holder.rollback()
+        holder.close()
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "locked" in err and "Traceback" not in err
+
+
+def test_a_worker_with_another_teacher_is_refused(tmp_path, cache_dir, capsys):
+    args = [*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "tch",
+            "--epochs", "3", "--trials", "1"]
+    assert main(args) == 0
+    assert main([*args, "--teacher-seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "teacher" in err
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/nas_kd_pwned",))
+
+
+def test_a_pickle_with_code_is_never_executed(tmp_path, cache_dir, capsys):
+    import json
+    import shutil
+
+    from nas_kd.data import load_dataset, split_dataset
+    from nas_kd.teacher import load_or_train_teacher, sha256_file
+
+    load_or_train_teacher(split_dataset(load_dataset("tiny"), val_size=58, seed=0), cache_dir=cache_dir)
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir, cache)
+    member = next(cache.glob("teachers/tiny-quick-*-seed0/member-0.pt"))
+    torch.save({"x": _Evil()}, member)
+    record = member.with_suffix(".json")
+    info = json.loads(record.read_text())
+    info["sha256"] = sha256_file(member)  # even with a matching hash, weights_only refuses it
+    record.write_text(json.dumps(info))
+    Path("/tmp/nas_kd_pwned").unlink(missing_ok=True)
+    code = main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache), "--study-name", "evil"])
+    assert code == 2
+    assert "cannot load teacher weights" in capsys.readouterr().err
+    assert not Path("/tmp/nas_kd_pwned").exists()
+
+
+@pytest.mark.parametrize("url", ["sqlite:////nonexistent-dir/x/y.db", "notadb://host/x"])
+def test_bad_storage_urls(tmp_path, url, capsys):
+    code = main([*ARGS, "--studies-dir", str(tmp_path), "--storage", url, "--alpha", "0"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: cannot open study storage")

@@ -1,0 +1,65 @@
+"""Several workers on one study: local processes on SQLite, and a real PostgreSQL server."""
+
+import json
+
+import optuna
+import pytest
+
+from nas_kd.search import main
+from nas_kd.study import front_records, trial_records
+from tests.pg import pg_bin, postgres_server
+
+ARGS = ["--dataset", "tiny", "--budget", "150k", "--epochs", "3", "--batch-size", "32"]
+
+
+def _check_shared_study(study, total, workers):
+    trained = [t for t in study.trials if t.user_attrs.get("status") == "trained"]
+    assert len(trained) == total
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    by_worker = {w: sum(t.user_attrs.get("worker") == w for t in trained) for w in range(workers)}
+    assert sum(by_worker.values()) == total and all(n > 0 for n in by_worker.values())
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    return trained
+
+
+def test_two_local_workers_share_one_sqlite_study(tmp_path, cache_dir, capsys):
+    args = [*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "w",
+            "--trials", "4", "--workers", "2"]
+    assert main(args) == 0
+    study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'w.db'}")
+    _check_shared_study(study, total=4, workers=2)
+    front = json.loads((tmp_path / "w" / "front.json").read_text())
+    expected = front_records(trial_records(study))
+    assert [r["number"] for r in front] == [r.number for r in expected]
+
+
+@pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL is not installed (.ci/run installs it)")
+def test_two_workers_on_a_real_postgresql_server(tmp_path, cache_dir, capsys):
+    pytest.importorskip("psycopg")
+    with postgres_server() as url:
+        args = [*ARGS, "--studies-dir", str(tmp_path / "studies"), "--cache-dir", str(cache_dir),
+                "--study-name", "pgw", "--storage", url, "--trials", "4", "--workers", "2"]
+        assert main(args) == 0
+        study = optuna.load_study(study_name="pgw", storage=url)
+        _check_shared_study(study, total=4, workers=2)
+        front = json.loads((tmp_path / "studies" / "pgw" / "front.json").read_text())
+        assert [r["number"] for r in front] == [r.number for r in front_records(trial_records(study))]
+        # the password appears nowhere: not in output, study attributes or the report
+        out = capsys.readouterr()
+        assert "s3cret-pw" not in out.out + out.err
+        assert "s3cret-pw" not in json.dumps(study.user_attrs)
+        assert "s3cret-pw" not in (tmp_path / "studies" / "pgw" / "report.html").read_text()
+        # a second run against the same server resumes the shared study
+        assert main([*args[:-4], "--trials", "1"]) == 0
+        assert len([t for t in optuna.load_study(study_name="pgw", storage=url).trials
+                    if t.user_attrs.get("status") == "trained"]) == 5
+
+
+def test_unreachable_database_is_one_clear_line_without_the_password(tmp_path, capsys):
+    url = "postgresql://user:hunter2-pw@127.0.0.1:1/nothing"
+    code = main([*ARGS, "--studies-dir", str(tmp_path), "--storage", url, "--trials", "1", "--alpha", "0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot open study storage postgresql://user:***@127.0.0.1:1/nothing")
+    assert "hunter2-pw" not in err and "Traceback" not in err
