@@ -122,8 +122,14 @@ def _run_workers(cfg: SearchConfig, progress: Progress) -> int:
         for p in procs:
             p.wait()
         raise
+    for i, code in enumerate(codes):
+        if code < 0:
+            progress.log(f"worker {i} was stopped by signal {-code}; its running trial is failed by the "
+                         "heartbeat check, finished trials are kept")
     bad = [c for c in codes if c != 0]
-    return max(bad, key=lambda c: c == 2) if bad else 0
+    if not bad:
+        return 0
+    return 2 if 2 in bad else 1
 
 
 def run_search(cfg: SearchConfig, progress: Progress | None = None) -> list:
