@@ -168,7 +168,7 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None) -> list:
 
 class WorkerFailed(Exception):
     def __init__(self, code: int) -> None:
-        super().__init__(f"a worker exited with code {code}")
+        super().__init__("a worker did not finish (see its lines above)")
         self.code = code
 
 
