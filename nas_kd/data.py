@@ -88,6 +88,11 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     return _REGISTRY[name](data_dir)
 
 
+def default_val_size(n_train: int) -> int:
+    """Validation images carved from train when the user does not say: min(5000, 15%)."""
+    return min(5000, round(0.15 * n_train))
+
+
 def split_dataset(data: Dataset, *, val_size: int | float, seed: int) -> Split:
     """Carve a seeded validation split from train; normalise with the train split's statistics."""
     n = len(data.y_train)

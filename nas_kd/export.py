@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -31,11 +30,11 @@ from nas_kd.builder import build_student
 from nas_kd.cost import FLOP_CONVENTION, count_cost, count_thop
 from nas_kd.data import Split, load_dataset, split_dataset
 from nas_kd.distill import KDSettings
-from nas_kd.errors import UserError
+from nas_kd.errors import UserError, stop_on_sigterm
 from nas_kd.pareto import pareto_front
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity, parse_quantity
-from nas_kd.study import TrialRecord, load_existing_study, trial_records
+from nas_kd.study import TrialRecord, open_named_study, trial_records
 from nas_kd.teacher import load_or_train_teacher, teacher_logits
 from nas_kd.train import TrainSettings, accuracy, train_model
 
@@ -293,10 +292,6 @@ def model_card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -314,13 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir")
     p.add_argument("--threads", type=int)
     a = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # a stop cleans up the temporary folder like Ctrl-C
+    stop_on_sigterm()  # a stop cleans up the temporary folder like Ctrl-C
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
-    storage = a.storage or f"sqlite:///{Path(a.studies_dir) / (a.study_name + '.db')}"
     try:
-        if a.storage is None and not (Path(a.studies_dir) / f"{a.study_name}.db").exists():
-            raise UserError(f"no study named {a.study_name!r} in {a.studies_dir}/ (no {a.study_name}.db)")
-        study = load_existing_study(a.study_name, storage)
+        study = open_named_study(a.study_name, a.studies_dir, a.storage)
         record = pick_trial(trial_records(study), trial=a.trial, pick=a.pick)
         out = Path(a.out) if a.out else Path(a.studies_dir) / a.study_name / f"export-trial{record.number}"
         result = export_trial(study, record, out, epochs=a.epochs, ablation=a.ablation,

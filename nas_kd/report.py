@@ -29,7 +29,7 @@ from nas_kd.errors import UserError
 from nas_kd.pareto import hypervolume, pareto_front
 from nas_kd.progress import format_seconds
 from nas_kd.quantity import format_quantity
-from nas_kd.study import DIRECTIONS, IDENTITY_ATTR, TrialRecord, front_records, load_existing_study, trial_records
+from nas_kd.study import DIRECTIONS, IDENTITY_ATTR, TrialRecord, front_records, open_named_study, trial_records
 
 IMPORTANCE_MIN_TRIALS = 4  # feasible trained trials needed before parameter importances mean anything
 WEBGL_ABOVE = 1000  # more points than this: draw with WebGL (go.Scattergl) to stay responsive
@@ -618,10 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         cfg = SearchConfig(study_name=a.study_name, studies_dir=a.studies_dir, storage=a.storage)
-        if a.storage is None and not (Path(a.studies_dir) / f"{cfg.name}.db").exists():
-            raise UserError(f"no study named {cfg.name!r}: {Path(a.studies_dir) / (cfg.name + '.db')} does not "
-                            "exist (run nas_kd.search first, or pass --studies-dir / --storage)")
-        study = load_existing_study(cfg.name, cfg.storage_url)
+        study = open_named_study(cfg.name, a.studies_dir, a.storage)
         path = write_report(study, cfg.out_dir, png=not a.no_png)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -15,12 +15,13 @@ import sys
 import warnings
 
 import optuna
+from sqlalchemy.exc import SQLAlchemyError  # Optuna's RDB storages raise these
 
 from nas_kd.config import SAMPLERS, SearchConfig
 from nas_kd.cost import FLOP_CONVENTION
 from nas_kd.data import dataset_names
 from nas_kd.distill import KDSettings, kd_loss_names, needs_features
-from nas_kd.errors import UserError
+from nas_kd.errors import UserError, stop_on_sigterm
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity, parse_quantity
 from nas_kd.study import front_records, redact_url, trial_records, write_front
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     # ask/tell with heartbeats is supported here: trial_loop records them itself while a trial trains
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's stop is handled like Ctrl-C
+    stop_on_sigterm()
     cfg = None
     try:
         cfg = parse_args(argv)
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot write {err.filename or ''}: {err.strerror or err}; finished trials are saved",
               file=sys.stderr)
         return 2
-    except (optuna.exceptions.StorageInternalError, _sqlalchemy_error()) as err:
+    except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as err:
         reason = redact_url(str(err).splitlines()[0])
         print(f"error: the study storage failed ({reason}); finished trials are saved", file=sys.stderr)
         return 2
@@ -227,19 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"front written to {cfg.out_dir / 'front.csv'} and {cfg.out_dir / 'front.json'}")
     _write_report(cfg)
     return 0
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _sqlalchemy_error() -> type[Exception]:
-    try:
-        from sqlalchemy.exc import SQLAlchemyError
-
-        return SQLAlchemyError
-    except ImportError:  # pragma: no cover - Optuna's RDB storage always brings SQLAlchemy
-        return OSError
 
 
 def _write_report(cfg: SearchConfig) -> None:

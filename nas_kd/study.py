@@ -78,6 +78,18 @@ def open_study(name: str, storage: str) -> optuna.Study:
         ) from None
 
 
+def open_named_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study:
+    """The study a report or export names: from ``--storage``, or its SQLite file in ``studies_dir``
+    (checked first, because Optuna would quietly create an empty database file)."""
+    if storage is None:
+        path = Path(studies_dir) / f"{name}.db"
+        if not path.exists():
+            raise UserError(f"no study named {name!r}: {path} does not exist "
+                            "(run nas_kd.search first, or pass --studies-dir / --storage)")
+        storage = f"sqlite:///{path}"
+    return load_existing_study(name, storage)
+
+
 def load_existing_study(name: str, storage: str) -> optuna.Study:
     """Load a study that must already exist (report, export)."""
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nas_kd.data import Split, dataset_names, load_dataset, split_dataset
+from nas_kd.data import Split, dataset_names, default_val_size, load_dataset, split_dataset
 from nas_kd.errors import UserError
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity
@@ -252,7 +252,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _split_for(args: argparse.Namespace) -> Split:
     data = load_dataset(args.dataset, args.data_dir)
-    val = args.val_size if args.val_size is not None else min(5000, round(0.15 * len(data.y_train)))
+    val = args.val_size if args.val_size is not None else default_val_size(len(data.y_train))
     return split_dataset(data, val_size=val, seed=args.split_seed)
 
 

@@ -19,7 +19,7 @@ import torch
 from nas_kd.builder import build_student
 from nas_kd.config import SearchConfig
 from nas_kd.cost import FLOP_CONVENTION, count_cost
-from nas_kd.data import Split, load_dataset, split_dataset
+from nas_kd.data import Split, default_val_size, load_dataset, split_dataset
 from nas_kd.errors import TrialFailed, UserError
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity
@@ -108,8 +108,7 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
     device = _device(cfg.device)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     data = load_dataset(cfg.dataset, cfg.data_dir)
-    n_train = len(data.y_train)
-    val_size = cfg.val_size if cfg.val_size is not None else min(5000, round(0.15 * n_train))
+    val_size = cfg.val_size if cfg.val_size is not None else default_val_size(len(data.y_train))
     split = split_dataset(data, val_size=val_size, seed=cfg.split_seed)
     space = load_space(cfg.space)
     _check_budget(cfg, space, split)
