@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,12 +60,29 @@ def make_storage(url: str) -> optuna.storages.BaseStorage | str:
     )
 
 
+# Two processes creating the schema of one fresh database at once (workers starting together, or a
+# report opened while a search starts) race on CREATE TABLE / the alembic version row; the loser
+# only has to retry, because by then the winner has finished the schema.
+_SCHEMA_RACE = ("already exists", "unique constraint failed: alembic_version", "duplicate key value")
+
+
+def _create_or_load(name: str, storage: str, attempts: int = 5) -> optuna.Study:
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(
+                study_name=name, storage=make_storage(storage), directions=list(DIRECTIONS), load_if_exists=True
+            )
+        except Exception as err:  # noqa: BLE001 - re-raised unless it is the schema race
+            if attempt == attempts - 1 or not any(m in str(err).lower() for m in _SCHEMA_RACE):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def open_study(name: str, storage: str) -> optuna.Study:
     """Create the study, or load it when it exists (to resume). UserError if storage is unusable."""
     try:
-        return optuna.create_study(
-            study_name=name, storage=make_storage(storage), directions=list(DIRECTIONS), load_if_exists=True
-        )
+        return _create_or_load(name, storage)
     except ValueError as err:
         if "direction" in str(err).lower():
             raise UserError(f"study {name!r} exists in {redact_url(storage)} but is not a nas_kd study") from None
