@@ -31,6 +31,8 @@ class SearchConfig:
     train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=2, lr=0.1))
     kd: KDSettings = field(default_factory=KDSettings)
     teacher_seed: int = 0
+    teachers: tuple[str, ...] = ()  # teacher recipes (several: logits averaged); () = the dataset's default
+    teacher_weights: tuple[float, ...] | None = None  # ensemble weights, one per teacher; None = equal
     study_name: str | None = None
     storage: str | None = None  # any Optuna storage URL; default SQLite in studies_dir
     studies_dir: str = "studies"

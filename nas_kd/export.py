@@ -35,8 +35,13 @@ from nas_kd.pareto import pareto_front
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity, parse_quantity
 from nas_kd.study import TrialRecord, open_named_study, trial_records
-from nas_kd.teacher import load_or_train_teacher, teacher_logits
-from nas_kd.train import TrainSettings, accuracy, train_model
+from nas_kd.teacher import KD_TARGETS, kd_targets, load_teacher
+from nas_kd.train import AUGMENTATIONS, TrainSettings, accuracy, train_model
+
+# A 20-epoch retraining overfits without augmentation; the teacher's targets follow the augmented
+# images as measured in benchmarks/RESULTS.md (KD targets).
+DEFAULT_AUGMENT = "crop-flip"
+DEFAULT_KD_TARGETS = "clean"
 
 ONNX_TOLERANCE = 1e-4
 
@@ -174,7 +179,7 @@ def load_student(folder: str | Path) -> nn.Module:
 
 
 def _train_student(spec: ArchSpec, split: Split, settings: TrainSettings, kd: KDSettings,
-                   logits: torch.Tensor | None, progress: Progress, label: str) -> tuple[nn.Module, float]:
+                   targets: dict, progress: Progress, label: str) -> tuple[nn.Module, float]:
     torch.manual_seed(settings.seed)
     model = build_student(spec).to(memory_format=torch.channels_last)
     start = time.perf_counter()
@@ -183,41 +188,49 @@ def _train_student(spec: ArchSpec, split: Split, settings: TrainSettings, kd: KD
         progress.status(f"{label}: step {step}/{total} ({step / total:.0%}) loss {loss:.3f} "
                         f"elapsed {format_seconds(time.perf_counter() - start)}")
 
-    result = train_model(model, split.x_train, split.y_train, settings, kd=kd, teacher_logits=logits, on_step=on_step)
+    result = train_model(model, split.x_train, split.y_train, settings, kd=kd, on_step=on_step, **targets)
     return model, result.seconds
 
 
 def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs: float, ablation: bool,
+                 augment: str = DEFAULT_AUGMENT, kd_targets_mode: str = DEFAULT_KD_TARGETS, seed: int | None = None,
                  data_dir: str | None = None, cache_dir: str | None = None,
                  progress: Progress | None = None) -> ExportResult:
-    """Retrain ``record``'s architecture with KD on the whole training split, evaluate once on test,
-    and write the export folder ``out`` (atomically)."""
+    """Retrain ``record``'s architecture with KD on the whole training split (augmented: a long run
+    needs it, a 2-epoch search trial does not), evaluate once on test, and write the export folder
+    ``out`` (atomically)."""
     progress = progress or Progress()
     split = _split_from_study(study, data_dir)
     identity = study.user_attrs["nas_kd.identity"]
     spec = ArchSpec.from_dict(record.spec)
     kd = KDSettings(**identity["kd"])
     base = TrainSettings(**identity["train"])
-    settings = TrainSettings(**{**asdict(base), "epochs": epochs})
-    logits, teacher_info = None, None
+    if augment not in AUGMENTATIONS:
+        raise UserError(f"unknown augmentation {augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    if kd_targets_mode not in KD_TARGETS:
+        raise UserError(f"unknown KD targets {kd_targets_mode!r}: choose one of {', '.join(KD_TARGETS)}")
+    settings = TrainSettings(**{**asdict(base), "epochs": epochs, "augment": augment,
+                                "seed": base.seed if seed is None else seed})
+    targets, teacher_info = {}, None
     if kd.uses_teacher:
         recorded = identity.get("teacher", {})
         cfg = study.user_attrs.get("nas_kd.settings", {}).get("config", {})
-        teacher = load_or_train_teacher(split, seed=cfg.get("teacher_seed", 0), cache_dir=cache_dir,
-                                        progress=progress, train=False)
+        weights = cfg.get("teacher_weights")
+        teacher = load_teacher(split, tuple(cfg.get("teachers") or ()), tuple(weights) if weights else None,
+                               seed=cfg.get("teacher_seed", 0), cache_dir=cache_dir, progress=progress, train=False)
         if recorded.get("sha256") and recorded["sha256"] != teacher.info["sha256"]:
             raise UserError("the cached teacher differs from the one this study distilled from "
                             f"({recorded['sha256'][:12]}… vs {teacher.info['sha256'][:12]}…)")
         keep = ("key", "sha256", "val_accuracy", "test_accuracy", "flops", "params")
         teacher_info = {k: teacher.info[k] for k in keep}
-        logits = teacher_logits(teacher, split, cache_dir=cache_dir)
+        targets = kd_targets(teacher, split, kd_targets_mode, augment, cache_dir=cache_dir)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         progress.log(f"export: trial {record.number} ({spec.summary()}), {kd.describe()}, {epochs:g} epochs "
                      f"on {len(split.y_train)} images")
-        model, seconds = _train_student(spec, split, settings, kd, logits, progress, "KD training")
+        model, seconds = _train_student(spec, split, settings, kd, targets, progress, "KD training")
         cost = count_cost(model, split.input_shape)
         card = {
             "trial": record.number, "study": study.study_name, "architecture": spec.summary(), "spec": spec.to_dict(),
@@ -228,13 +241,14 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
             "val_accuracy": accuracy(model, split.x_val, split.y_val),
             "test_accuracy": accuracy(model, split.x_test, split.y_test),
             "teacher": teacher_info, "kd": asdict(kd), "kd_loss": kd.describe(), "training": asdict(settings),
+            "kd_targets": kd_targets_mode if kd.uses_teacher else None,
             "train_seconds": round(seconds, 1),
         }
         progress.log(f"export: KD student test accuracy {card['test_accuracy']:.2%} (val {card['val_accuracy']:.2%}) "
                      f"after {format_seconds(seconds)}")
         if ablation:
             labels_only = KDSettings(loss=kd.loss, temperature=kd.temperature, alpha=0.0)
-            plain, plain_s = _train_student(spec, split, settings, labels_only, None, progress, "label-only training")
+            plain, plain_s = _train_student(spec, split, settings, labels_only, {}, progress, "label-only training")
             card["ablation"] = {
                 "labels_only_test_accuracy": accuracy(plain, split.x_test, split.y_test),
                 "labels_only_val_accuracy": accuracy(plain, split.x_val, split.y_val),
@@ -264,7 +278,9 @@ def model_card_markdown(card: dict) -> str:
         f"# Student: {card['architecture']}",
         "",
         f"From study `{card['study']}`, trial {card['trial']}; retrained with `{card['kd_loss']}` for "
-        f"{card['training']['epochs']:g} epochs ({card['train_seconds']:.0f} s on this CPU).",
+        f"{card['training']['epochs']:g} epochs, augmentation {card['training']['augment']}"
+        + (f", teacher targets {card['kd_targets']}" if card.get("kd_targets") else "")
+        + f", seed {card['training']['seed']} ({card['train_seconds']:.0f} s on this CPU).",
         "",
         "| | |", "|---|---|",
         f"| dataset | {d['dataset']}, input {tuple(d['input_shape'])}, {d['num_classes']} classes |",
@@ -304,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--pick", default="best", help="best (default), knee, or max-acc-under:BUDGET (e.g. :2M)")
     p.add_argument("--epochs", type=float, default=20, help="KD training epochs on the whole training split (20)")
     p.add_argument("--ablation", action="store_true", help="also train the same architecture from labels only")
+    p.add_argument("--augment", default=DEFAULT_AUGMENT, help=f"{', '.join(AUGMENTATIONS)} (default {DEFAULT_AUGMENT})")
+    p.add_argument("--kd-targets", default=DEFAULT_KD_TARGETS,
+                   help=f"how the teacher's targets follow augmentation: {', '.join(KD_TARGETS)} "
+                   f"(default {DEFAULT_KD_TARGETS}; see benchmarks/RESULTS.md)")
+    p.add_argument("--seed", type=int, help="training seed (default: the study's)")
     p.add_argument("--out", help="export folder (default STUDIES_DIR/NAME/export-trialN)")
     p.add_argument("--data-dir")
     p.add_argument("--cache-dir")
@@ -315,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         study = open_named_study(a.study_name, a.studies_dir, a.storage)
         record = pick_trial(trial_records(study), trial=a.trial, pick=a.pick)
         out = Path(a.out) if a.out else Path(a.studies_dir) / a.study_name / f"export-trial{record.number}"
-        result = export_trial(study, record, out, epochs=a.epochs, ablation=a.ablation,
-                              data_dir=a.data_dir, cache_dir=a.cache_dir)
+        result = export_trial(study, record, out, epochs=a.epochs, ablation=a.ablation, augment=a.augment,
+                              kd_targets_mode=a.kd_targets, seed=a.seed, data_dir=a.data_dir, cache_dir=a.cache_dir)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

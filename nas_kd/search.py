@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
     p.add_argument("--kd", default="hinton", help=f"distillation loss: {', '.join(kd_loss_names())}")
     p.add_argument("--temperature", type=float, default=4.0, help="KD temperature T (default 4)")
     p.add_argument("--alpha", type=float, default=0.9, help="KD weight; 0 = labels only (default 0.9)")
+    p.add_argument("--teacher", action="append", default=[], metavar="RECIPE",
+                   help="teacher recipe, e.g. strong or quick (see python -m nas_kd.teacher show); give it "
+                   "several times for an ensemble whose logits are averaged (default: the dataset's default)")
+    p.add_argument("--ensemble-weights", help="comma-separated weight per --teacher, e.g. 2,1 (default: equal)")
     p.add_argument("--teacher-seed", type=int, default=0, help="seed of the default teacher (default 0)")
     p.add_argument("--cache-dir", help="teacher cache (default ~/.cache/nas_kd or $NAS_KD_CACHE_DIR)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
@@ -81,10 +85,20 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         val_size=a.val_size, train_subset=a.train_subset or None,
         train=TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed),
         kd=KDSettings(loss=a.kd, temperature=a.temperature, alpha=a.alpha),
+        teachers=tuple(a.teacher), teacher_weights=_weights(a.ensemble_weights),
         teacher_seed=a.teacher_seed, study_name=a.study_name, storage=a.storage,
         studies_dir=a.studies_dir, sampler=a.sampler, cache_dir=a.cache_dir, device=a.device,
         threads=a.threads, workers=a.workers, worker_index=a.worker_index,
     )
+
+
+def _weights(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--ensemble-weights must be comma-separated numbers, e.g. 2,1; got {text!r}") from None
 
 
 def _worker_args(cfg: SearchConfig, index: int, trials: int, threads: int) -> list[str]:
@@ -97,6 +111,10 @@ def _worker_args(cfg: SearchConfig, index: int, trials: int, threads: int) -> li
             "--batch-size", str(c.train.batch_size), "--lr", str(c.train.lr), "--kd", c.kd.loss,
             "--temperature", str(c.kd.temperature), "--alpha", str(c.kd.alpha), "--teacher-seed", str(c.teacher_seed),
             "--device", c.device, "--threads", str(threads), "--worker-index", str(index)]
+    for recipe in c.teachers:
+        args += ["--teacher", recipe]
+    if c.teacher_weights is not None:
+        args += ["--ensemble-weights", ",".join(map(str, c.teacher_weights))]
     for flag, value in (("--params", c.budget_params), ("--data-dir", c.data_dir), ("--timeout", c.timeout),
                         ("--val-size", c.val_size), ("--cache-dir", c.cache_dir)):
         if value is not None:

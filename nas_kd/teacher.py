@@ -52,8 +52,8 @@ RECIPES: dict[str, dict[str, TeacherRecipe]] = {
         # an ensemble of 4 (logits averaged): ~160 MFLOPs in all, but its logits are cached
         "strong": TeacherRecipe(
             {"arch": "resnet", "width": 32, "blocks": [1, 1, 1]},
-            TrainSettings(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, augment="crop-flip-erase"),
-            members=4,
+            TrainSettings(epochs=15, batch_size=128, lr=0.1, weight_decay=5e-4, augment="crop-flip-erase"),
+            members=2,
         ),
     },
     "digits": {
@@ -106,6 +106,47 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# Teachers that take hours to train ship with the package: nas_kd/shipped_teachers/KEY/member-i.pt,
+# listed in MANIFEST.json with each file's SHA-256 and training record. A split that matches the
+# shipped key (same data, split and recipe) uses them at once; any other split trains its own.
+MANIFEST = "MANIFEST.json"
+
+
+def shipped_dir() -> Path:
+    return Path(os.environ.get("NAS_KD_SHIPPED_DIR", Path(__file__).parent / "shipped_teachers"))
+
+
+def shipped_manifest() -> dict:
+    path = shipped_dir() / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _shipped_member(key: str, member: str) -> tuple[Path, dict] | None:
+    entry = shipped_manifest().get(key, {}).get(member)
+    return (shipped_dir() / key / f"{member}.pt", entry) if entry else None
+
+
+def ship_teacher(key: str, cache_dir: Path | str | None = None) -> Path:
+    """Copy a trained teacher from the cache into the package's shipped teachers (maintainers)."""
+    src = Path(cache_dir or default_cache_dir()) / "teachers" / key
+    records = sorted(src.glob("member-*.json"))
+    if not records:
+        raise UserError(f"no trained teacher {key} in {src.parent}: train it first")
+    dest = shipped_dir() / key
+    dest.mkdir(parents=True, exist_ok=True)
+    manifest = shipped_manifest()
+    manifest[key] = {}
+    for record in records:
+        info = json.loads(record.read_text())
+        weights = record.with_suffix(".pt")
+        (dest / weights.name).write_bytes(weights.read_bytes())
+        if sha256_file(dest / weights.name) != info["sha256"]:
+            raise UserError(f"{weights} does not match its recorded SHA-256; retrain it")
+        manifest[key][record.stem] = info
+    _write_json(shipped_dir() / MANIFEST, manifest)
+    return dest
 
 
 def teacher_key(dataset: str, recipe_name: str, recipe: TeacherRecipe, split: Split, seed: int) -> str:
@@ -162,19 +203,68 @@ def load_or_train_teacher(
     return Teacher(model.eval(), info)
 
 
+def check_teacher_sources(dataset: str, sources: tuple[str, ...], weights: tuple[float, ...] | None) -> None:
+    """Refuse unknown recipes and mismatched ensemble weights before any work starts."""
+    for name in sources or (None,):
+        _recipe(dataset, name)
+    if weights is not None and len(weights) != max(1, len(sources)):
+        raise UserError(f"--ensemble-weights has {len(weights)} value(s) for {max(1, len(sources))} teacher(s)")
+    if weights is not None and (min(weights) < 0 or sum(weights) <= 0):
+        raise UserError("--ensemble-weights must be non-negative and not all zero")
+
+
+def load_teacher(
+    split: Split, sources: tuple[str, ...] = (), weights: tuple[float, ...] | None = None, *, seed: int = 0,
+    cache_dir: Path | str | None = None, progress: Progress | None = None, device: torch.device | str = "cpu",
+    train: bool = True,
+) -> Teacher:
+    """The teacher a search names with ``--teacher`` (repeatable): one recipe, or several whose logits
+    are averaged with ``weights`` (equal by default). No source: the dataset's default teacher."""
+    check_teacher_sources(split.description["dataset"], sources, weights)
+    sources = tuple(sources) or (None,)
+    parts = [load_or_train_teacher(split, seed=seed, recipe=r, cache_dir=cache_dir, progress=progress,
+                                   device=device, train=train) for r in sources]
+    if len(parts) == 1:
+        return parts[0]
+    w = list(weights or [1.0] * len(parts))
+    model = EnsembleTeacher([t.model for t in parts], w).eval()
+    shas = "".join(t.info["sha256"] for t in parts) + json.dumps(w)
+    info = {
+        "key": "+".join(t.info["key"] for t in parts) + ("" if weights is None else f"@{','.join(map(str, w))}"),
+        "dataset": parts[0].info["dataset"], "recipe_name": "+".join(t.info["recipe_name"] for t in parts),
+        "arch": [t.info["arch"] for t in parts], "weights": w,
+        "members": [m for t in parts for m in t.info["members"]], "split": parts[0].info["split"],
+        "sha256": hashlib.sha256(shas.encode()).hexdigest(),
+        "train_seconds": round(sum(t.info["train_seconds"] for t in parts), 1),
+        "params": sum(t.info["params"] for t in parts), "flops": sum(t.info["flops"] for t in parts),
+        "val_accuracy": accuracy(model, split.x_val, split.y_val),
+        "test_accuracy": accuracy(model, split.x_test, split.y_test),
+    }
+    (progress or Progress(quiet=True)).log(
+        f"teacher: ensemble of {len(parts)} ({info['recipe_name']}, weights {w}): val {info['val_accuracy']:.2%}")
+    return Teacher(model, info)
+
+
 def _member(split: Split, rec: TeacherRecipe, seed: int, stem: Path, progress: Progress,
             device: torch.device | str, train: bool, label: str) -> tuple[nn.Module, dict]:
     from nas_kd.cost import count_flops
 
     weights, record, ckpt = stem.with_suffix(".pt"), stem.with_suffix(".json"), stem.with_suffix(".ckpt")
     model = build_teacher(rec.arch, split.input_shape[0], split.num_classes)
+    shipped = _shipped_member(stem.parent.name, stem.name)
+    if shipped is not None:
+        path, info = shipped
+        load_checked(model, path, info["sha256"], shipped=True)
+        return model.to(device).eval(), {**info, "shipped": True}
     if weights.exists() and record.exists():
         info = json.loads(record.read_text())
         load_checked(model, weights, info["sha256"])
         return model.to(device).eval(), info
     if not train:
-        raise UserError(f"no trained teacher {label}: run python -m nas_kd.teacher train "
-                        f"--dataset {split.description['dataset']}")
+        dataset = split.description["dataset"]
+        recipe = next(n for n, r in RECIPES[dataset].items() if r == rec)
+        extra = "" if recipe == DEFAULT_RECIPE[dataset] else f" --recipe {recipe}"
+        raise UserError(f"no trained teacher {label}: run python -m nas_kd.teacher train --dataset {dataset}{extra}")
     resumed = " (resuming)" if ckpt.exists() else ""
     progress.log(f"teacher: training {label}{resumed}: {rec.train.epochs:g} epochs; cached for later runs")
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -213,13 +303,15 @@ def _member(split: Split, rec: TeacherRecipe, seed: int, stem: Path, progress: P
     return model.eval(), info
 
 
-def load_checked(model: nn.Module, path: Path, sha256: str) -> None:
+def load_checked(model: nn.Module, path: Path, sha256: str, *, shipped: bool = False) -> None:
     """Load a state dict with ``weights_only=True`` after checking the file's SHA-256."""
     actual = sha256_file(path)
     if actual != sha256:
+        fix = ("reinstall nas_kd (pip install --force-reinstall nas_kd), or retrain it with "
+               "python -m nas_kd.teacher train" if shipped else "delete it to retrain")
         raise UserError(
-            f"teacher file {path} does not match its recorded SHA-256 (expected {sha256[:12]}…, "
-            f"found {actual[:12]}…): it was changed or damaged; delete it to retrain"
+            f"{'shipped ' if shipped else ''}teacher file {path} does not match its recorded SHA-256 "
+            f"(expected {sha256[:12]}…, found {actual[:12]}…): it was changed or damaged; {fix}"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -244,6 +336,44 @@ def teacher_logits(teacher: Teacher, split: Split, *, cache_dir: Path | str | No
     return logits
 
 
+KD_TARGETS = ("clean", "views", "live")
+VIEWS = 4  # augmented views cached per training image by kd_targets(..., "views")
+
+
+def kd_targets(teacher: Teacher, split: Split, mode: str, augment: str, *,
+               cache_dir: Path | str | None = None) -> dict:
+    """What ``train_model`` distils against when the student's images are augmented (keyword arguments):
+
+    - ``clean``: logits of the un-augmented images, cached once (a KD step costs a label-only step);
+    - ``views``: ``VIEWS`` fixed augmented views of every image, with their logits cached; training
+      draws one view per image per step (the same cost as ``clean`` once cached);
+    - ``live``: the teacher runs on every augmented batch (exact targets, plus the teacher's forward).
+    """
+    if mode not in KD_TARGETS:
+        raise UserError(f"unknown KD targets {mode!r}: choose one of {', '.join(KD_TARGETS)}")
+    if mode == "clean" or augment == "none":
+        return {"teacher_logits": teacher_logits(teacher, split, cache_dir=cache_dir)}
+    if mode == "live":
+        return {"teacher": teacher.model.eval()}
+    from nas_kd.train import augment_batch
+
+    g = torch.Generator().manual_seed(0)  # the views are part of the data, the same for every run
+    views = torch.stack([
+        torch.cat([augment_batch(chunk, augment, g) for chunk in split.x_train.split(4096)]) for _ in range(VIEWS)
+    ])
+    folder = Path(cache_dir or default_cache_dir()) / "teachers" / teacher.info["key"]
+    path = folder / f"views-{VIEWS}-{augment}-{teacher.info['sha256'][:12]}.pt"
+    if path.exists():
+        logits = torch.load(path, map_location="cpu", weights_only=True)
+        if logits.shape == (VIEWS, len(split.y_train), split.num_classes):
+            return {"views": views, "teacher_logits": logits}
+    logits = torch.stack([predict_logits(teacher.model, v) for v in views])
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(logits, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    return {"views": views, "teacher_logits": logits}
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
@@ -257,7 +387,7 @@ def _split_for(args: argparse.Namespace) -> Split:
 
 
 def _train_one_member(split: Split, args: argparse.Namespace, progress: Progress) -> int:
-    name, rec = _recipe(split.description["dataset"], args.recipe)
+    name, rec = _recipe(split.description["dataset"], args.recipe[0] if args.recipe else None)
     if not 0 <= args.member < rec.members:
         raise UserError(f"--member must be in 0..{rec.members - 1} for recipe {name!r}")
     key = teacher_key(split.description["dataset"], name, rec, split, args.seed)
@@ -272,9 +402,12 @@ def _train_one_member(split: Split, args: argparse.Namespace, progress: Progress
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     p = argparse.ArgumentParser(prog="python -m nas_kd.teacher", description="Train or inspect a default teacher.")
-    p.add_argument("command", choices=("train", "show"))
+    p.add_argument("command", choices=("train", "show", "ship"),
+                   help="train (or resume) a teacher; show it and measure its test accuracy; ship: copy a "
+                   "trained teacher into the package (maintainers)")
     p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(dataset_names())}")
-    p.add_argument("--recipe", help="teacher recipe (default: the dataset's default)")
+    p.add_argument("--recipe", action="append", default=[],
+                   help="teacher recipe (default: the dataset's default); several: an averaged ensemble")
     p.add_argument("--seed", type=int, default=0, help="teacher seed (default 0)")
     p.add_argument("--data-dir")
     p.add_argument("--val-size", type=float)
@@ -287,10 +420,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         split = _split_for(args)
         progress = Progress()
+        if len(args.recipe) > 1 and (args.member is not None or args.command == "ship"):
+            raise UserError(f"{'--member' if args.member is not None else 'ship'} takes one --recipe")
         if args.command == "train" and args.member is not None:
             return _train_one_member(split, args, progress)
-        teacher = load_or_train_teacher(split, seed=args.seed, recipe=args.recipe, cache_dir=args.cache_dir,
-                                        progress=progress, train=args.command == "train")
+        teacher = load_teacher(split, tuple(args.recipe), seed=args.seed, cache_dir=args.cache_dir,
+                               progress=progress, train=args.command == "train")
+        if args.command == "ship":
+            print(f"shipped {teacher.info['key']} to {ship_teacher(teacher.info['key'], args.cache_dir)}")
+            return 0
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -306,7 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     members = info["members"]
     print(f"teacher: {info['key']}")
     averaged = " (logits averaged)" if len(members) > 1 else ""
-    print(f"architecture: {len(members)} x {json.dumps(info['arch'])}{averaged}")
+    archs = dict.fromkeys(json.dumps(m["arch"]) for m in members)
+    print(f"architecture: {len(members)} member(s) of {' / '.join(archs)}{averaged}")
+    shipped = all(m.get("shipped") for m in members)
+    print(f"weights: {'shipped with nas_kd' if shipped else 'trained on this machine'} "
+          f"({', '.join(str(m['params'] * 4 // 1024) + ' KiB' for m in members)} of float32)")
     print(f"FLOPs: {format_quantity(info['flops'])} ({info['flops']}; 1 multiply-add = 1 FLOP, fvcore)")
     print(f"params: {format_quantity(info['params'])} ({info['params']})")
     print(f"sha256: {info['sha256']}")

@@ -90,18 +90,26 @@ def train_model(
     *,
     kd: KDSettings | None = None,
     teacher_logits: torch.Tensor | None = None,
+    views: torch.Tensor | None = None,
+    teacher: nn.Module | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     checkpoint: Path | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on (x, y); with ``kd``, against cached ``teacher_logits`` (aligned with x).
+    """Train ``model`` in place on (x, y); with ``kd``, against the teacher's targets, which follow the
+    augmentation in one of three ways (see ``nas_kd.teacher.kd_targets``):
+
+    - ``teacher_logits`` [N, C]: cached logits of the un-augmented images;
+    - ``views`` [K, N, ...] with ``teacher_logits`` [K, N, C]: K fixed augmented views, each with its
+      cached logits; every step draws one view per image (``settings.augment`` is then not re-applied);
+    - ``teacher``: the teacher runs on each augmented batch (exact, but costs its forward pass).
 
     With ``checkpoint``, the state is saved after every epoch and training resumes from it.
     Raises TrialFailed when the loss stops being finite.
     """
     kd = kd or KDSettings(alpha=0.0)
     loss_fn = get_kd_loss(kd.loss)
-    if kd.uses_teacher and teacher_logits is None:
-        raise ValueError("KD training needs teacher logits")
+    if kd.uses_teacher and teacher_logits is None and teacher is None:
+        raise ValueError("KD training needs teacher logits or a teacher")
     device = device_for(model)
     g = torch.Generator().manual_seed(settings.seed)
     n, bs = len(y), settings.batch_size
@@ -123,12 +131,19 @@ def train_model(
             if step >= total_steps:
                 break
             idx = order[i * bs : (i + 1) * bs]
-            xb = augment_batch(x[idx], settings.augment, g).to(device, non_blocking=True)
+            if views is not None:
+                view = torch.randint(0, len(views), (len(idx),), generator=g)
+                xb, target = views[view, idx].to(device), teacher_logits[view, idx]
+            else:
+                xb = augment_batch(x[idx], settings.augment, g).to(device, non_blocking=True)
+                target = teacher_logits[idx] if teacher_logits is not None else None
             yb = y[idx].to(device, non_blocking=True)
             logits = model(xb.contiguous(memory_format=torch.channels_last))
             if kd.uses_teacher:
-                batch = KDBatch(logits, yb, teacher_logits=teacher_logits[idx].to(device))
-                loss = loss_fn(batch, kd)
+                if target is None:
+                    with torch.no_grad():
+                        target = teacher(xb)
+                loss = loss_fn(KDBatch(logits, yb, teacher_logits=target.to(device)), kd)
             elif settings.label_smoothing > 0:
                 loss = torch.nn.functional.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
             else:

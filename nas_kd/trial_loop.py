@@ -25,7 +25,7 @@ from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity
 from nas_kd.space import SearchSpace, load_space
 from nas_kd.study import check_identity, make_sampler, open_study, redact_url
-from nas_kd.teacher import load_or_train_teacher, teacher_logits
+from nas_kd.teacher import check_teacher_sources, load_teacher, teacher_logits
 from nas_kd.train import accuracy, train_model
 
 MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial before giving up
@@ -112,6 +112,8 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
     split = split_dataset(data, val_size=val_size, seed=cfg.split_seed)
     space = load_space(cfg.space)
     _check_budget(cfg, space, split)
+    if cfg.kd.uses_teacher:
+        check_teacher_sources(cfg.dataset, cfg.teachers, cfg.teacher_weights)
     _prepare_studies_dir(cfg)
     study = open_study(cfg.name, cfg.storage_url)
     check_identity(study, _identity(cfg, split, space))
@@ -124,8 +126,8 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
     idx = split.subset_index(cfg.train_subset, cfg.split_seed)
     logits = None
     if cfg.kd.uses_teacher:
-        teacher = load_or_train_teacher(split, seed=cfg.teacher_seed, cache_dir=cfg.cache_dir,
-                                        progress=progress, device=device)
+        teacher = load_teacher(split, cfg.teachers, cfg.teacher_weights, seed=cfg.teacher_seed,
+                               cache_dir=cfg.cache_dir, progress=progress, device=device)
         keep = ("key", "sha256", "val_accuracy", "test_accuracy", "arch", "flops", "params")
         info = {k: teacher.info[k] for k in keep}
         # A worker with another teacher (other cache, other weights) is refused here.

@@ -44,6 +44,8 @@ def test_export_writes_checked_deployables_and_a_card(study_dir, cache_dir, caps
     assert card["params"] == count_cost(model, (1, 12, 12)).params
     assert card["flops_thop"] > 0 and card["test_accuracy"] >= 0 and card["train_seconds"] > 0
     assert "labels_only_test_accuracy" in card["ablation"]
+    assert card["training"]["augment"] == "crop-flip" and card["kd_targets"] == "clean"
+    assert card["training"]["epochs"] == 3 and card["training"]["seed"] == 0
     assert card["teacher"]["sha256"] and card["latency_us_per_image"]["onnxruntime"] > 0
 
     x = torch.randn(16, 1, 12, 12)
@@ -70,13 +72,23 @@ def test_load_student_reproduces_the_exported_logits(study_dir, cache_dir):
     assert a.training is False
 
 
+def test_export_distils_from_augmented_views_with_the_seed_asked_for(study_dir, cache_dir):
+    assert export(study_dir, cache_dir, "--kd-targets", "views", "--seed", "3", "--augment", "crop",
+                  "--out", str(study_dir / "views")) == 0
+    card = json.loads((study_dir / "views" / "model_card.json").read_text())
+    assert card["kd_targets"] == "views" and card["training"]["seed"] == 3 and card["training"]["augment"] == "crop"
+    assert "teacher targets views, seed 3" in (study_dir / "views" / "model_card.md").read_text()
+
+
 def _study(study_dir):
     return optuna.load_study(study_name="ex", storage=f"sqlite:///{study_dir / 'ex.db'}")
 
 
 def test_bad_choices_exit_2_and_write_nothing(study_dir, cache_dir, capsys, tmp_path):
     infeasible = [t.number for t in _study(study_dir).trials if t.user_attrs.get("status") == "infeasible"]
-    cases = [(["--trial", "999"], "no trial 999"), (["--pick", "sideways"], "unknown --pick")]
+    cases = [(["--trial", "999"], "no trial 999"), (["--pick", "sideways"], "unknown --pick"),
+             (["--augment", "sideways"], "unknown augmentation 'sideways'"),
+             (["--kd-targets", "x"], "unknown KD targets 'x'")]
     if infeasible:
         cases.append((["--trial", str(infeasible[0])], "over budget"))
     for args, message in cases:

@@ -10,7 +10,7 @@ from nas_kd.data import load_dataset, split_dataset
 from nas_kd.errors import UserError
 from nas_kd.teacher import EnsembleTeacher, load_or_train_teacher, main, teacher_logits
 from nas_kd.teacher_nets import build_teacher
-from nas_kd.train import TrainSettings, train_model
+from nas_kd.train import TrainSettings, accuracy, train_model
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +122,76 @@ def test_teacher_show_measures_test_accuracy(cache_dir, split, capsys):
 def test_show_without_a_trained_teacher_says_how_to_train(tmp_path, capsys):
     assert main(["show", "--dataset", "tiny", "--cache-dir", str(tmp_path)]) == 2
     assert "python -m nas_kd.teacher train --dataset tiny" in capsys.readouterr().err
+
+
+def test_search_with_two_teachers_distils_from_their_weighted_average(tmp_path, cache_dir, split, capsys):
+    from nas_kd.search import main as search_main
+    from nas_kd.teacher import load_teacher
+
+    args = ["--dataset", "tiny", "--budget", "150k", "--epochs", "1", "--batch-size", "32", "--trials", "1",
+            "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "ens", "--threads", "2",
+            "--teacher", "quick", "--teacher", "ensemble", "--ensemble-weights", "2,1"]
+    assert search_main(args) == 0
+    assert "teacher: ensemble of 2 (quick+ensemble, weights [2.0, 1.0]): val" in capsys.readouterr().err
+    teacher = load_teacher(split, ("quick", "ensemble"), (2.0, 1.0), cache_dir=cache_dir, train=False)
+    single = load_or_train_teacher(split, recipe="quick", cache_dir=cache_dir, train=False)
+    pair = load_or_train_teacher(split, recipe="ensemble", cache_dir=cache_dir, train=False)
+    x = split.x_val
+    expected = (2 * single.model(x) + pair.model(x)) / 3
+    assert torch.allclose(teacher.model(x), expected, atol=1e-5)
+    import optuna
+
+    study = optuna.load_study(study_name="ens", storage=f"sqlite:///{tmp_path / 'ens.db'}")
+    recorded = study.user_attrs["nas_kd.teacher"]
+    assert recorded["sha256"] == teacher.info["sha256"] and "+" in recorded["key"]
+    assert study.user_attrs["nas_kd.identity"]["teacher"]["sha256"] == teacher.info["sha256"]
+    assert recorded["val_accuracy"] == pytest.approx(teacher.info["val_accuracy"])
+    # the same run with other weights is another teacher: resuming with it is refused
+    assert search_main([*args[:-1], "1,1"]) == 2
+
+
+def _student(split):
+    from nas_kd.arch import ArchSpec, StageSpec
+    from nas_kd.builder import build_student
+
+    torch.manual_seed(0)
+    return build_student(ArchSpec(1, split.num_classes, 8, 1, (StageSpec("ds", 1, 16, 3, 2),)))
+
+
+def test_live_teacher_targets_equal_cached_logits_without_augmentation(split, cache_dir):
+    from nas_kd.distill import KDSettings
+
+    teacher = load_or_train_teacher(split, cache_dir=cache_dir)
+    settings = TrainSettings(epochs=2, batch_size=32, lr=0.05, seed=1)
+    cached, live = _student(split), _student(split)
+    train_model(cached, split.x_train, split.y_train, settings, kd=KDSettings(),
+                teacher_logits=teacher_logits(teacher, split, cache_dir=cache_dir))
+    train_model(live, split.x_train, split.y_train, settings, kd=KDSettings(), teacher=teacher.model.eval())
+    for a, b in zip(cached.parameters(), live.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_augmented_views_carry_their_own_teacher_logits(split, cache_dir):
+    from nas_kd.distill import KDSettings
+    from nas_kd.teacher import VIEWS, kd_targets
+
+    teacher = load_or_train_teacher(split, cache_dir=cache_dir)
+    first = kd_targets(teacher, split, "views", "crop-flip", cache_dir=cache_dir)
+    views, logits = first["views"], first["teacher_logits"]
+    assert views.shape == (VIEWS, *split.x_train.shape)
+    assert logits.shape == (VIEWS, len(split.y_train), split.num_classes)
+    assert not torch.equal(views[0], split.x_train) and not torch.equal(views[0], views[1])
+    assert torch.allclose(logits[1], teacher.model(views[1]), atol=1e-4)
+    again = kd_targets(teacher, split, "views", "crop-flip", cache_dir=cache_dir)  # from the cache
+    assert torch.equal(again["views"], views) and torch.equal(again["teacher_logits"], logits)
+    # the student learns from the views (not from x): views of noise teach it nothing
+    settings = TrainSettings(epochs=6, batch_size=32, lr=0.05, augment="crop-flip", seed=0)
+    student, blind = _student(split), _student(split)
+    train_model(student, split.x_train, split.y_train, settings, kd=KDSettings(), **first)
+    train_model(blind, split.x_train, split.y_train, settings, kd=KDSettings(), views=torch.randn_like(views),
+                teacher_logits=logits)
+    assert accuracy(student, split.x_val, split.y_val) > accuracy(blind, split.x_val, split.y_val) + 0.1
+    assert set(kd_targets(teacher, split, "clean", "crop", cache_dir=cache_dir)) == {"teacher_logits"}
+    assert set(kd_targets(teacher, split, "live", "crop", cache_dir=cache_dir)) == {"teacher"}
+    with pytest.raises(UserError, match="unknown KD targets 'x'"):
+        kd_targets(teacher, split, "x", "crop")

@@ -1,0 +1,75 @@
+"""Teachers shipped inside the package: hash-checked, weights-only, used at once; --teacher ensembles."""
+
+import json
+import shutil
+
+import optuna
+import pytest
+import torch
+
+from nas_kd.search import main as search_main
+from nas_kd.teacher import MANIFEST, main, sha256_file, shipped_dir, shipped_manifest
+from nas_kd.teacher_nets import build_teacher
+
+pytestmark = pytest.mark.shipped
+
+
+def test_every_shipped_file_matches_the_manifest_and_loads_weights_only():
+    manifest = shipped_manifest()
+    assert manifest, "the package ships no teacher"
+    total = 0
+    for key, members in manifest.items():
+        for member, info in members.items():
+            path = shipped_dir() / key / f"{member}.pt"
+            assert sha256_file(path) == info["sha256"]
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model = build_teacher(info["arch"], state["stem.0.weight"].shape[1], state["fc.weight"].shape[0])
+            model.load_state_dict(state)  # strict: the recorded architecture is the shipped one
+            assert sum(p.numel() for p in model.parameters()) == info["params"]
+            total += path.stat().st_size
+    assert total < 20 * 2**20
+
+
+def test_teacher_show_uses_the_shipped_teacher_and_measures_it(tmp_path, capsys):
+    assert main(["show", "--dataset", "tiny", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "weights: shipped with nas_kd" in "\n".join(out)
+    assert out[-1].startswith("test accuracy: ") and out[-1].endswith("%")
+    assert float(out[-1].split()[-1].rstrip("%")) > 80
+    assert not list(tmp_path.glob("teachers/*/*.pt"))  # nothing was trained or copied
+
+
+def test_a_fresh_machine_searches_with_the_shipped_teacher_at_once(tmp_path, capsys):
+    args = ["--dataset", "tiny", "--budget", "150k", "--epochs", "1", "--batch-size", "32", "--trials", "1",
+            "--studies-dir", str(tmp_path), "--cache-dir", str(tmp_path / "empty-cache"), "--threads", "2"]
+    assert search_main(args) == 0
+    assert "teacher: training" not in capsys.readouterr().err
+    study = optuna.load_study(study_name="tiny-150kFLOPs", storage=f"sqlite:///{tmp_path / 'tiny-150kFLOPs.db'}")
+    assert study.user_attrs["nas_kd.teacher"]["key"] in shipped_manifest()
+
+
+def test_a_tampered_shipped_teacher_is_refused_with_exit_2(tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "shipped"
+    shutil.copytree(shipped_dir(), copy)
+    key = next(k for k in json.loads((copy / MANIFEST).read_text()) if k.startswith("tiny-"))
+    weights = copy / key / "member-0.pt"
+    data = bytearray(weights.read_bytes())
+    data[-30] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    monkeypatch.setenv("NAS_KD_SHIPPED_DIR", str(copy))
+    assert main(["show", "--dataset", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: shipped teacher file") and "SHA-256" in err and "reinstall" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--teacher", "nope"], "unknown teacher recipe 'nope'"),
+    (["--teacher", "quick", "--teacher", "ensemble", "--ensemble-weights", "1"], "1 value(s) for 2 teacher(s)"),
+    (["--teacher", "quick", "--ensemble-weights", "x"], "comma-separated numbers"),
+])
+def test_bad_teacher_choices_exit_2_before_any_study_exists(tmp_path, capsys, extra, message):
+    args = ["--dataset", "tiny", "--budget", "150k", "--studies-dir", str(tmp_path), *extra]
+    assert search_main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.db"))
