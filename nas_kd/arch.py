@@ -90,6 +90,29 @@ class ArchSpec:
         return " | ".join(parts)
 
 
+def parse_summary(text: str, in_channels: int, num_classes: int) -> ArchSpec:
+    """The spec a ``summary`` line describes (the inverse of ``ArchSpec.summary``)."""
+    tokens = [t.strip() for t in text.split("|")]
+    try:
+        stem, *body, fc, activation = tokens
+        channels, stride = stem.removeprefix("stem").split("/s")
+        head = int(body.pop().removeprefix("head")) if body and body[-1].startswith("head") else 0
+        stages = []
+        for stage in body:
+            kind, k, c, s, x, *rank = stage.split()
+            stages.append(StageSpec(
+                block="ds" if kind == "ds" else "ir", depth=int(x[1:]), channels=int(c[1:]), kernel=int(k[1:]),
+                stride=int(s[1:]), expansion=1 if kind == "ds" else int(kind[2:]),
+                pointwise_rank=float(rank[0][2:]) if rank else None,
+            ))
+        spec = ArchSpec(in_channels, num_classes, int(channels), int(stride), tuple(stages), head,
+                        float(fc[2:]) if fc != "fc" else None, activation)
+    except ValueError as err:
+        raise UserError(f"cannot read architecture {text!r} (like 'stem16/s1 | ds k3 c24 s2 x2 | fc | relu'): "
+                        f"{err}") from None
+    return spec
+
+
 def low_rank(fraction: float | None, n_in: int, n_out: int) -> int | None:
     """The rank a fraction stands for (None means full rank)."""
     if fraction is None:

@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 import yaml
 
-from nas_kd.arch import ACTIVATION_NAMES, BLOCK_TYPES, ArchSpec, StageSpec
+from nas_kd.arch import ACTIVATION_NAMES, BLOCK_TYPES, ArchSpec, StageSpec, parse_summary
 from nas_kd.errors import UserError
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -62,6 +62,7 @@ class SearchSpace:
     source: str  # the YAML text, stored in the study so the space can be rebuilt
     knobs: dict[str, Knob]
     min_feature_size: int = 2
+    warm_start: tuple[tuple[str, str], ...] = ()  # (name, summary line) of hand designs tried first
 
     @property
     def sha256(self) -> str:
@@ -104,6 +105,27 @@ class SearchSpace:
             classifier_rank=_rank(k["head.classifier_rank"].suggest(trial, "classifier_rank")),
             activation=k["activation"].suggest(trial, "activation"),
         )
+
+    def params_for(self, spec: ArchSpec) -> dict[str, Any]:
+        """The trial parameters that make ``sample`` return ``spec`` (to enqueue a known design);
+        UserError naming the first value the space does not offer."""
+        params: dict[str, Any] = {
+            "stem_channels": spec.stem_channels, "stem_stride": spec.stem_stride, "n_stages": len(spec.stages),
+            "head_channels": spec.head_channels, "classifier_rank": spec.classifier_rank or "full",
+            "activation": spec.activation,
+        }
+        for i, s in enumerate(spec.stages, 1):
+            params.update({f"s{i}_block": s.block, f"s{i}_depth": s.depth, f"s{i}_channels": s.channels,
+                           f"s{i}_kernel": s.kernel, f"s{i}_stride": s.stride,
+                           f"s{i}_pw_rank": s.pointwise_rank or "full"})
+            if s.block == "ir":
+                params[f"s{i}_expansion"] = s.expansion
+        values = self.param_values()
+        for name, value in params.items():
+            if value not in values.get(name, []):
+                raise UserError(f"{spec.summary()!r} is outside search space {self.name!r}: {name} = {value!r} "
+                                f"is not one of {values.get(name, [])}")
+        return params
 
     def param_values(self) -> dict[str, list]:
         """Every Optuna parameter the space can ask for, with its possible values."""
@@ -198,7 +220,7 @@ def parse_space(text: str, *, origin: str = "<space>") -> SearchSpace:
         raise UserError(f"search space {origin} is not valid YAML: {err}".replace("\n", " ")) from None
     if not isinstance(raw, dict):
         raise UserError(f"search space {origin} must be a mapping with keys stem, stages, head, activation")
-    known = set(_SCHEMA) | {"name", "description", "activation", "min_feature_size"}
+    known = set(_SCHEMA) | {"name", "description", "activation", "min_feature_size", "warm_start"}
     unknown = set(raw) - known
     if unknown:
         raise UserError(f"search space {origin}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -221,7 +243,18 @@ def parse_space(text: str, *, origin: str = "<space>") -> SearchSpace:
     if not isinstance(min_size, int) or min_size < 1:
         raise UserError(f"search space {origin}: min_feature_size must be a whole number ≥ 1")
     name = str(raw.get("name", Path(origin).stem))
-    return SearchSpace(name=name, source=text, knobs=knobs, min_feature_size=min_size)
+    warm = raw.get("warm_start") or {}
+    if not isinstance(warm, dict) or not all(isinstance(v, str) for v in warm.values()):
+        raise UserError(f"search space {origin}: warm_start maps a name to an architecture line, e.g. "
+                        "'mobilenet: stem16/s1 | ds k3 c24 s2 x2 | fc | relu'")
+    space = SearchSpace(name=name, source=text, knobs=knobs, min_feature_size=min_size,
+                        warm_start=tuple((str(k), v) for k, v in warm.items()))
+    for design_name, line in space.warm_start:  # fail now, not when the study starts
+        try:
+            space.params_for(parse_summary(line, 1, 10))
+        except UserError as err:
+            raise UserError(f"search space {origin}: warm_start {design_name}: {err}") from None
+    return space
 
 
 def available_spaces() -> list[str]:

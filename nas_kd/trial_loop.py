@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import optuna
 import torch
 
+from nas_kd.arch import parse_summary
 from nas_kd.builder import build_student
 from nas_kd.config import SearchConfig
 from nas_kd.cost import FLOP_CONVENTION, count_cost
@@ -123,6 +124,8 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
             "data": split.description, "space": {"name": space.name, "source": space.source},
             "flop_convention": FLOP_CONVENTION,
         })
+    if cfg.worker_index is None and not study.trials:
+        _enqueue_warm_start(study, space, split, progress)
     idx = split.subset_index(cfg.train_subset, cfg.split_seed)
     logits = None
     if cfg.kd.uses_teacher:
@@ -135,6 +138,17 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
         study.set_user_attr("nas_kd.teacher", info)
         logits = teacher_logits(teacher, split, cache_dir=cfg.cache_dir)[idx]
     return Run(cfg, split, space, study, split.x_train[idx], split.y_train[idx], logits, device)
+
+
+def _enqueue_warm_start(study: optuna.Study, space: SearchSpace, split: Split, progress: Progress) -> None:
+    """A new study tries the space's hand designs first: the front starts from known-good students
+    (one over the budget is skipped at no cost, like any other candidate)."""
+    for name, line in space.warm_start:
+        spec = parse_summary(line, split.input_shape[0], split.num_classes)
+        study.enqueue_trial(space.params_for(spec), user_attrs={"warm_start": name})
+    if space.warm_start:
+        progress.log(f"warm start: {len(space.warm_start)} hand design(s) first "
+                     f"({', '.join(n for n, _ in space.warm_start)})")
 
 
 class _Heartbeat:

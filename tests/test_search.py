@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -133,3 +134,22 @@ def test_cli_error_has_no_traceback():
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: cannot read --budget 'lots'")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_new_study_trains_the_spaces_hand_designs_first(tmp_path, cache_dir):
+    from nas_kd.arch import parse_summary
+
+    space = tmp_path / "warm.yaml"
+    designs = {"hand-a": "stem8/s1 | ds k3 c16 s2 x1 | fc | relu", "hand-b": "stem8/s2 | ir2 k3 c16 s1 x1 | fc | relu"}
+    text = (Path(__file__).parent.parent / "search_spaces" / "default.yaml").read_text().split("warm_start:")[0]
+    space.write_text(text + "warm_start:\n" + "".join(f"  {n}: {line}\n" for n, line in designs.items()))
+    assert run(tmp_path, cache_dir, "--trials", "3", "--space", str(space)) == 0
+    study = load(tmp_path)
+    first = study.trials[:2]
+    assert [t.user_attrs.get("warm_start") for t in first] == ["hand-a", "hand-b"]
+    for t, line in zip(first, designs.values(), strict=True):
+        assert t.user_attrs["spec"] == parse_summary(line, 1, 4).to_dict() and t.user_attrs["status"] == "trained"
+    assert "warm_start" not in study.trials[2].user_attrs
+    # resuming does not enqueue them again
+    assert run(tmp_path, cache_dir, "--trials", "1", "--space", str(space)) == 0
+    assert sum("warm_start" in t.user_attrs for t in load(tmp_path).trials) == 2

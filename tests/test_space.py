@@ -79,11 +79,32 @@ def test_fixed_values_are_not_sampled():
      (GOOD.replace("  depth: [1, 2]\n", ""), "missing 'stages.depth'"),
      (GOOD + "extra: 1\n", "unknown key"),
      (GOOD.replace("count: {low: 1, high: 3}", "count: {low: 3, high: 1}"), "low ≤ high"),
-     (GOOD.replace("channels: [0, 32]", "channels: []"), "empty list")],
+     (GOOD.replace("channels: [0, 32]", "channels: []"), "empty list"),
+     (GOOD + "warm_start:\n  big: stem16/s1 | ds k3 c64 s2 x1 | fc | relu\n", "warm_start big: .*s1_channels = 64"),
+     (GOOD + "warm_start:\n  bad: stem16 | fc | relu\n", "warm_start bad: cannot read architecture"),
+     (GOOD + "warm_start: [a, b]\n", "warm_start maps a name")],
 )
 def test_bad_space_files_say_what_is_wrong(text, message):
     with pytest.raises(UserError, match=message):
         parse_space(text, origin="my.yaml")
+
+
+def test_every_sampled_spec_is_enqueueable_and_comes_back_identical():
+    from nas_kd.arch import parse_summary
+
+    space = parse_space(GOOD)
+    for spec in _random_specs(space, (1, 28, 28), n=40, seed=3):
+        assert parse_summary(spec.summary(), 1, 10) == spec
+        assert space.sample(optuna.trial.FixedTrial(space.params_for(spec)), (1, 28, 28), 10) == spec
+
+
+def test_default_space_warm_starts_from_its_hand_designs_within_budget():
+    from nas_kd.arch import parse_summary
+    from nas_kd.cost import count_cost
+
+    designs = dict(load_space("default").warm_start)
+    flops = {n: count_cost(build_student(parse_summary(line, 1, 10)), (1, 28, 28)).flops for n, line in designs.items()}
+    assert 4_000_000 < flops["mobilenet-5m"] <= 5_000_000 and flops["mobilenet-1m"] <= 1_000_000
 
 
 def test_unknown_space_name_lists_the_known_ones():
