@@ -33,6 +33,8 @@ class SearchConfig:
     teacher_seed: int = 0
     teachers: tuple[str, ...] = ()  # teacher recipes (several: logits averaged); () = the dataset's default
     teacher_weights: tuple[float, ...] | None = None  # ensemble weights, one per teacher; None = equal
+    teacher_files: tuple[str, ...] = ()  # state dicts for factory teachers (pkg.module:factory), in order
+    teacher_input: str = "normalised"  # what a brought teacher is fed: normalised images, or raw [0, 1]
     study_name: str | None = None
     storage: str | None = None  # any Optuna storage URL; default SQLite in studies_dir
     studies_dir: str = "studies"

@@ -82,9 +82,15 @@ def dataset_names() -> list[str]:
 
 
 def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
-    """Load a registered dataset by name; UserError naming the known ones otherwise."""
+    """Load a registered dataset by name, or one the user brings (``npz:PATH``, ``folder:PATH``,
+    ``pkg.module:factory``); UserError naming the choices otherwise."""
+    from nas_kd.user_data import is_user_dataset, load_user_dataset
+
+    if name not in _REGISTRY and is_user_dataset(name):
+        return load_user_dataset(name)
     if name not in _REGISTRY:
-        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(dataset_names())}")
+        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(dataset_names())}, "
+                        "or npz:PATH, folder:PATH, pkg.module:factory")
     return _REGISTRY[name](data_dir)
 
 

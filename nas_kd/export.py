@@ -217,7 +217,9 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
         cfg = study.user_attrs.get("nas_kd.settings", {}).get("config", {})
         weights = cfg.get("teacher_weights")
         teacher = load_teacher(split, tuple(cfg.get("teachers") or ()), tuple(weights) if weights else None,
-                               seed=cfg.get("teacher_seed", 0), cache_dir=cache_dir, progress=progress, train=False)
+                               seed=cfg.get("teacher_seed", 0), cache_dir=cache_dir, progress=progress, train=False,
+                               weight_files=tuple(cfg.get("teacher_files") or ()),
+                               teacher_input=cfg.get("teacher_input", "normalised"))
         if recorded.get("sha256") and recorded["sha256"] != teacher.info["sha256"]:
             raise UserError("the cached teacher differs from the one this study distilled from "
                             f"({recorded['sha256'][:12]}… vs {teacher.info['sha256'][:12]}…)")
@@ -296,7 +298,8 @@ def model_card_markdown(card: dict) -> str:
         lines.append(f"| labels only, same epochs and seed | {a['labels_only_test_accuracy']:.2%} test "
                      f"(KD gain {a['kd_gain_points']:+.2f} points) |")
     lines += [
-        f"| teacher | {teacher['key']}: test {teacher['test_accuracy']:.2%}, {teacher['flops']:,} FLOPs |"
+        f"| teacher | {teacher['key']}: test {teacher['test_accuracy']:.2%}, "
+        + (f"{teacher['flops']:,} FLOPs |" if teacher.get("flops") else "FLOPs not counted (brought teacher) |")
         if teacher else "| teacher | none (labels only) |",
         f"| latency per image (1 thread, batch 1) | PyTorch {lat['pytorch']:.0f} µs, "
         f"onnxruntime {lat['onnxruntime']:.0f} µs |",

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import optuna
 from sqlalchemy.exc import SQLAlchemyError  # Optuna's RDB storages raise these
@@ -38,7 +39,8 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
     )
     p.add_argument("--budget", default="5MFLOPs", help="FLOP budget, e.g. 5MFLOPs, 5M, 750k, 0.5G (default 5MFLOPs)")
     p.add_argument("--params", help="parameter budget, e.g. 50k (optional second constraint)")
-    p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(dataset_names())}")
+    p.add_argument("--dataset", default="fashion-mnist",
+                   help=f"one of {', '.join(dataset_names())}, or npz:PATH, folder:PATH, pkg.module:factory")
     p.add_argument("--data-dir", help="folder with the dataset's files (Fashion-MNIST: the four IDX .gz files)")
     p.add_argument("--space", default="default", help="search space: a YAML file or a name in search_spaces/")
     p.add_argument("--trials", type=int, default=40, help="candidates to train in this run (default 40)")
@@ -58,9 +60,14 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
     p.add_argument("--kd", default="hinton", help=f"distillation loss: {', '.join(kd_loss_names())}")
     p.add_argument("--temperature", type=float, default=4.0, help="KD temperature T (default 4)")
     p.add_argument("--alpha", type=float, default=0.9, help="KD weight; 0 = labels only (default 0.9)")
-    p.add_argument("--teacher", action="append", default=[], metavar="RECIPE",
-                   help="teacher recipe, e.g. strong or quick (see python -m nas_kd.teacher show); give it "
-                   "several times for an ensemble whose logits are averaged (default: the dataset's default)")
+    p.add_argument("--teacher", action="append", default=[], metavar="TEACHER",
+                   help="a recipe (e.g. strong, quick), a TorchScript file, an .onnx model, or "
+                   "pkg.module:factory (with --teacher-weights); several times for an ensemble whose "
+                   "logits are averaged (default: the dataset's default teacher)")
+    p.add_argument("--teacher-weights", action="append", default=[], metavar="FILE",
+                   help="state dict (loaded with weights_only=True) for each factory --teacher, in order")
+    p.add_argument("--teacher-input", default="normalised", choices=("normalised", "raw"),
+                   help="brought teachers get the split-normalised images (default) or raw [0, 1] pixels")
     p.add_argument("--ensemble-weights", help="comma-separated weight per --teacher, e.g. 2,1 (default: equal)")
     p.add_argument("--teacher-seed", type=int, default=0, help="seed of the default teacher (default 0)")
     p.add_argument("--cache-dir", help="teacher cache (default ~/.cache/nas_kd or $NAS_KD_CACHE_DIR)")
@@ -85,11 +92,17 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         val_size=a.val_size, train_subset=a.train_subset or None,
         train=TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed),
         kd=KDSettings(loss=a.kd, temperature=a.temperature, alpha=a.alpha),
-        teachers=tuple(a.teacher), teacher_weights=_weights(a.ensemble_weights),
+        teachers=tuple(_absolute(t) for t in a.teacher), teacher_weights=_weights(a.ensemble_weights),
+        teacher_files=tuple(_absolute(f) for f in a.teacher_weights), teacher_input=a.teacher_input,
         teacher_seed=a.teacher_seed, study_name=a.study_name, storage=a.storage,
         studies_dir=a.studies_dir, sampler=a.sampler, cache_dir=a.cache_dir, device=a.device,
         threads=a.threads, workers=a.workers, worker_index=a.worker_index,
     )
+
+
+def _absolute(path_or_name: str) -> str:
+    """Files are recorded by absolute path, so export and workers find them from any folder."""
+    return str(Path(path_or_name).resolve()) if Path(path_or_name).is_file() else path_or_name
 
 
 def _weights(text: str | None) -> tuple[float, ...] | None:
@@ -113,6 +126,9 @@ def _worker_args(cfg: SearchConfig, index: int, trials: int, threads: int) -> li
             "--device", c.device, "--threads", str(threads), "--worker-index", str(index)]
     for recipe in c.teachers:
         args += ["--teacher", recipe]
+    for file in c.teacher_files:
+        args += ["--teacher-weights", file]
+    args += ["--teacher-input", c.teacher_input]
     if c.teacher_weights is not None:
         args += ["--ensemble-weights", ",".join(map(str, c.teacher_weights))]
     for flag, value in (("--params", c.budget_params), ("--data-dir", c.data_dir), ("--timeout", c.timeout),
@@ -155,7 +171,7 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None) -> list:
     """Run (or resume) the study described by ``cfg``; return the Pareto front records."""
     progress = progress or Progress()
     run = prepare(cfg, progress)
-    n_before = len(run.study.trials)
+    n_before = sum(t.state != optuna.trial.TrialState.WAITING for t in run.study.trials)  # not warm starts
     progress.log(
         f"study {cfg.name!r} in {redact_url(cfg.storage_url)} ({'resuming, ' if n_before else ''}"
         f"{n_before} trials so far) | budget {format_quantity(cfg.budget_flops)} FLOPs"

@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -75,6 +76,22 @@ RECIPES: dict[str, dict[str, TeacherRecipe]] = {
     },
 }
 DEFAULT_RECIPE = {"fashion-mnist": "quick", "digits": "quick", "tiny": "quick"}
+# A dataset the user brings (npz:, folder:, a factory) gets a small ResNet trained on first use,
+# unless they bring their own teacher with --teacher.
+GENERIC_RECIPES = {
+    "quick": TeacherRecipe(
+        {"arch": "resnet", "width": 16, "blocks": [1, 1, 1]},
+        TrainSettings(epochs=15, batch_size=64, lr=0.05, weight_decay=5e-4, augment="crop"),
+    ),
+}
+
+
+def recipes_for(dataset: str) -> dict[str, TeacherRecipe]:
+    return RECIPES.get(dataset, GENERIC_RECIPES)
+
+
+def default_recipe(dataset: str) -> str:
+    return DEFAULT_RECIPE.get(dataset, "quick")
 
 
 class EnsembleTeacher(nn.Module):
@@ -157,16 +174,19 @@ def teacher_key(dataset: str, recipe_name: str, recipe: TeacherRecipe, split: Sp
         sort_keys=True,
     )
     digest = hashlib.sha256(ident.encode()).hexdigest()[:10]
+    if ":" in dataset:  # npz:/a/b.npz, folder:/a/b, pkg.mod:fn also name a folder: keep it short
+        kind, _, where = dataset.partition(":")
+        dataset = f"{kind if kind in ('npz', 'folder') else 'factory'}-{Path(where).stem or where}"
+    dataset = re.sub(r"[^A-Za-z0-9._-]", "_", dataset)[-40:]
     return f"{dataset}-{recipe_name}-{recipe.arch['arch']}{recipe.arch.get('width', '')}-{digest}-seed{seed}"
 
 
 def _recipe(dataset: str, name: str | None) -> tuple[str, TeacherRecipe]:
-    if dataset not in RECIPES:
-        raise UserError(f"no default teacher for dataset {dataset!r}")
-    name = name or DEFAULT_RECIPE[dataset]
-    if name not in RECIPES[dataset]:
-        raise UserError(f"unknown teacher recipe {name!r} for {dataset}: choose one of {', '.join(RECIPES[dataset])}")
-    return name, RECIPES[dataset][name]
+    recipes = recipes_for(dataset)
+    name = name or default_recipe(dataset)
+    if name not in recipes:
+        raise UserError(f"unknown teacher recipe {name!r} for {dataset}: choose one of {', '.join(recipes)}")
+    return name, recipes[name]
 
 
 def load_or_train_teacher(
@@ -203,10 +223,21 @@ def load_or_train_teacher(
     return Teacher(model.eval(), info)
 
 
-def check_teacher_sources(dataset: str, sources: tuple[str, ...], weights: tuple[float, ...] | None) -> None:
-    """Refuse unknown recipes and mismatched ensemble weights before any work starts."""
+def check_teacher_sources(dataset: str, sources: tuple[str, ...], weights: tuple[float, ...] | None,
+                          weight_files: tuple[str, ...] = ()) -> None:
+    """Refuse unknown recipes, missing teacher files and mismatched weights before any work starts."""
+    from nas_kd.external_teacher import is_external
+
     for name in sources or (None,):
-        _recipe(dataset, name)
+        if name is not None and is_external(name):
+            if ":" not in name and not Path(name).is_file():
+                raise UserError(f"teacher file {name} does not exist")
+        else:
+            _recipe(dataset, name)
+    factories = [s for s in sources if is_external(s) and ":" in s and not Path(s).is_file()]
+    if len(weight_files) != len(factories):
+        raise UserError(f"--teacher-weights is given {len(weight_files)} time(s) for {len(factories)} "
+                        "factory teacher(s) (pkg.module:factory): give one state dict per factory, in order")
     if weights is not None and len(weights) != max(1, len(sources)):
         raise UserError(f"--ensemble-weights has {len(weights)} value(s) for {max(1, len(sources))} teacher(s)")
     if weights is not None and (min(weights) < 0 or sum(weights) <= 0):
@@ -216,14 +247,31 @@ def check_teacher_sources(dataset: str, sources: tuple[str, ...], weights: tuple
 def load_teacher(
     split: Split, sources: tuple[str, ...] = (), weights: tuple[float, ...] | None = None, *, seed: int = 0,
     cache_dir: Path | str | None = None, progress: Progress | None = None, device: torch.device | str = "cpu",
-    train: bool = True,
+    train: bool = True, weight_files: tuple[str, ...] = (), teacher_input: str = "normalised",
 ) -> Teacher:
-    """The teacher a search names with ``--teacher`` (repeatable): one recipe, or several whose logits
-    are averaged with ``weights`` (equal by default). No source: the dataset's default teacher."""
-    check_teacher_sources(split.description["dataset"], sources, weights)
-    sources = tuple(sources) or (None,)
-    parts = [load_or_train_teacher(split, seed=seed, recipe=r, cache_dir=cache_dir, progress=progress,
-                                   device=device, train=train) for r in sources]
+    """The teacher a search names with ``--teacher`` (repeatable): a recipe or a brought teacher
+    (TorchScript, ONNX, factory + weights), or several whose logits are averaged with ``weights``
+    (equal by default). No source: the dataset's default teacher."""
+    from nas_kd.external_teacher import is_external, load_external
+
+    check_teacher_sources(split.description["dataset"], sources, weights, weight_files)
+    files = iter(weight_files)
+    parts = []
+    for source in tuple(sources) or (None,):
+        if source is not None and is_external(source):
+            factory = ":" in source and not Path(source).is_file()
+            model, info = load_external(source, next(files) if factory else None, teacher_input=teacher_input,
+                                        split=split)
+            info.update(dataset=split.description["dataset"], recipe_name=source, split=split.description,
+                        train_seconds=0.0, val_accuracy=accuracy(model, split.x_val, split.y_val),
+                        test_accuracy=accuracy(model, split.x_test, split.y_test))
+            info["members"] = [dict(info)]
+            (progress or Progress(quiet=True)).log(f"teacher: {source} ({info['kind']}): validation accuracy "
+                                                   f"{info['val_accuracy']:.2%}")
+            parts.append(Teacher(model, info))
+        else:
+            parts.append(load_or_train_teacher(split, seed=seed, recipe=source, cache_dir=cache_dir,
+                                               progress=progress, device=device, train=train))
     if len(parts) == 1:
         return parts[0]
     w = list(weights or [1.0] * len(parts))
@@ -236,7 +284,8 @@ def load_teacher(
         "members": [m for t in parts for m in t.info["members"]], "split": parts[0].info["split"],
         "sha256": hashlib.sha256(shas.encode()).hexdigest(),
         "train_seconds": round(sum(t.info["train_seconds"] for t in parts), 1),
-        "params": sum(t.info["params"] for t in parts), "flops": sum(t.info["flops"] for t in parts),
+        "params": sum(t.info["params"] for t in parts),
+        "flops": None if any(t.info["flops"] is None for t in parts) else sum(t.info["flops"] for t in parts),
         "val_accuracy": accuracy(model, split.x_val, split.y_val),
         "test_accuracy": accuracy(model, split.x_test, split.y_test),
     }
@@ -262,8 +311,8 @@ def _member(split: Split, rec: TeacherRecipe, seed: int, stem: Path, progress: P
         return model.to(device).eval(), info
     if not train:
         dataset = split.description["dataset"]
-        recipe = next(n for n, r in RECIPES[dataset].items() if r == rec)
-        extra = "" if recipe == DEFAULT_RECIPE[dataset] else f" --recipe {recipe}"
+        recipe = next(n for n, r in recipes_for(dataset).items() if r == rec)
+        extra = "" if recipe == default_recipe(dataset) else f" --recipe {recipe}"
         raise UserError(f"no trained teacher {label}: run python -m nas_kd.teacher train --dataset {dataset}{extra}")
     resumed = " (resuming)" if ckpt.exists() else ""
     progress.log(f"teacher: training {label}{resumed}: {rec.train.epochs:g} epochs; cached for later runs")
@@ -405,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=("train", "show", "ship"),
                    help="train (or resume) a teacher; show it and measure its test accuracy; ship: copy a "
                    "trained teacher into the package (maintainers)")
-    p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(dataset_names())}")
+    p.add_argument("--dataset", default="fashion-mnist",
+                   help=f"one of {', '.join(dataset_names())}, or npz:PATH, folder:PATH, pkg.module:factory")
     p.add_argument("--recipe", action="append", default=[],
                    help="teacher recipe (default: the dataset's default); several: an averaged ensemble")
     p.add_argument("--seed", type=int, default=0, help="teacher seed (default 0)")
@@ -449,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     shipped = all(m.get("shipped") for m in members)
     print(f"weights: {'shipped with nas_kd' if shipped else 'trained on this machine'} "
           f"({', '.join(str(m['params'] * 4 // 1024) + ' KiB' for m in members)} of float32)")
-    print(f"FLOPs: {format_quantity(info['flops'])} ({info['flops']}; 1 multiply-add = 1 FLOP, fvcore)")
+    print(f"FLOPs: {format_quantity(info['flops'])} ({info['flops']}; 1 multiply-add = 1 FLOP, fvcore)"
+          if info["flops"] else "FLOPs: not counted (an ONNX or TorchScript teacher)")
     print(f"params: {format_quantity(info['params'])} ({info['params']})")
     print(f"sha256: {info['sha256']}")
     print(f"training time: {format_seconds(info['train_seconds'])}; validation accuracy: {info['val_accuracy']:.2%}")

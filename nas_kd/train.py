@@ -37,7 +37,8 @@ class TrainResult:
 
 
 def device_for(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    param = next(model.parameters(), None)  # an ONNX teacher has none: it runs on the CPU
+    return param.device if param is not None else torch.device("cpu")
 
 
 AUGMENTATIONS = ("none", "crop", "crop-flip", "crop-flip-erase")

@@ -114,7 +114,7 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
     space = load_space(cfg.space)
     _check_budget(cfg, space, split)
     if cfg.kd.uses_teacher:
-        check_teacher_sources(cfg.dataset, cfg.teachers, cfg.teacher_weights)
+        check_teacher_sources(cfg.dataset, cfg.teachers, cfg.teacher_weights, cfg.teacher_files)
     _prepare_studies_dir(cfg)
     study = open_study(cfg.name, cfg.storage_url)
     check_identity(study, _identity(cfg, split, space))
@@ -130,7 +130,8 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
     logits = None
     if cfg.kd.uses_teacher:
         teacher = load_teacher(split, cfg.teachers, cfg.teacher_weights, seed=cfg.teacher_seed,
-                               cache_dir=cfg.cache_dir, progress=progress, device=device)
+                               cache_dir=cfg.cache_dir, progress=progress, device=device,
+                               weight_files=cfg.teacher_files, teacher_input=cfg.teacher_input)
         keep = ("key", "sha256", "val_accuracy", "test_accuracy", "arch", "flops", "params")
         info = {k: teacher.info[k] for k in keep}
         # A worker with another teacher (other cache, other weights) is refused here.
