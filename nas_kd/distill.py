@@ -25,9 +25,15 @@ class KDSettings:
     def uses_teacher(self) -> bool:
         return self.alpha > 0
 
+    @property
+    def searched(self) -> bool:
+        return self.loss == KD_SEARCH
+
     def describe(self) -> str:
         if not self.uses_teacher:
             return "loss = ce (labels only)"
+        if self.searched:
+            return "loss, temperature and alpha chosen per trial (--kd search)"
         return f"loss = {self.alpha:g} * {self.loss}(T={self.temperature:g}) + {1 - self.alpha:g} * ce"
 
 
@@ -45,14 +51,19 @@ class KDBatch:
 KDLoss = Callable[[KDBatch, KDSettings], torch.Tensor]
 _LOSSES: dict[str, KDLoss] = {}
 _FEATURE_LOSSES: set[str] = set()
+_ADAPTED_LOSSES: set[str] = set()
+KD_SEARCH = "search"  # --kd search: Optuna picks loss, temperature and alpha per trial
 
 
-def register_kd_loss(name: str, *, features: bool = False) -> Callable[[KDLoss], KDLoss]:
-    """Register a loss; ``features=True`` if it needs intermediate student and teacher features."""
+def register_kd_loss(name: str, *, features: bool = False, adapter: bool = False) -> Callable[[KDLoss], KDLoss]:
+    """Register a loss; ``features=True`` if it needs intermediate student and teacher features,
+    ``adapter=True`` if student features go through a learned 1×1 conv to the teacher's shape."""
     def wrap(fn: KDLoss) -> KDLoss:
         _LOSSES[name] = fn
         if features:
             _FEATURE_LOSSES.add(name)
+        if adapter:
+            _ADAPTED_LOSSES.add(name)
         return fn
 
     return wrap
@@ -60,6 +71,36 @@ def register_kd_loss(name: str, *, features: bool = False) -> Callable[[KDLoss],
 
 def needs_features(name: str) -> bool:
     return name in _FEATURE_LOSSES
+
+
+def needs_adapter(name: str) -> bool:
+    return name in _ADAPTED_LOSSES
+
+
+Shape = tuple[int, ...]
+
+
+def pair_features(student_shapes: list[Shape], teacher_shapes: list[Shape]) -> list[tuple[int, int]]:
+    """Which student stage output distils from which teacher stage output: for every teacher stage,
+    the last student stage of the same spatial size; with no size in common, last with last."""
+    pairs = []
+    for j, t in enumerate(teacher_shapes):
+        same = [i for i, s in enumerate(student_shapes) if s[-2:] == t[-2:]]
+        if same:
+            pairs.append((same[-1], j))
+    return pairs or [(len(student_shapes) - 1, len(teacher_shapes) - 1)]
+
+
+TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
+
+
+def suggest_kd(trial, losses: list[str]) -> KDSettings:  # noqa: ANN001 - an optuna.Trial
+    """One trial's distillation recipe under --kd search (names kd_loss, kd_temperature, kd_alpha)."""
+    return KDSettings(
+        loss=trial.suggest_categorical("kd_loss", losses),
+        temperature=trial.suggest_categorical("kd_temperature", list(TEMPERATURES)),
+        alpha=trial.suggest_float("kd_alpha", 0.5, 0.95, step=0.05),
+    )
 
 
 def kd_loss_names() -> list[str]:
@@ -126,7 +167,7 @@ def _pairs(batch: KDBatch, loss: str) -> list[tuple[torch.Tensor, torch.Tensor]]
     return list(zip(batch.student_features, batch.teacher_features, strict=True))
 
 
-@register_kd_loss("fitnet", features=True)
+@register_kd_loss("fitnet", features=True, adapter=True)
 def fitnet_loss(batch: KDBatch, s: KDSettings) -> torch.Tensor:
     """``alpha·Σ_pairs mean((r(F_s) − F_t)²) + (1 − alpha)·CE`` (FitNets hints, Romero et al. 2015).
 

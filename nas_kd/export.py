@@ -29,7 +29,7 @@ from nas_kd.arch import ArchSpec
 from nas_kd.builder import build_student
 from nas_kd.cost import FLOP_CONVENTION, count_cost, count_thop
 from nas_kd.data import Split, load_dataset, split_dataset
-from nas_kd.distill import KDSettings
+from nas_kd.distill import KDSettings, needs_features
 from nas_kd.errors import UserError, stop_on_sigterm
 from nas_kd.pareto import pareto_front
 from nas_kd.progress import Progress, format_seconds
@@ -203,7 +203,7 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
     split = _split_from_study(study, data_dir)
     identity = study.user_attrs["nas_kd.identity"]
     spec = ArchSpec.from_dict(record.spec)
-    kd = KDSettings(**identity["kd"])
+    kd = KDSettings(**(record.kd or identity["kd"]))  # under --kd search, the trial's own recipe
     base = TrainSettings(**identity["train"])
     if augment not in AUGMENTATIONS:
         raise UserError(f"unknown augmentation {augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
@@ -226,6 +226,8 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
         keep = ("key", "sha256", "val_accuracy", "test_accuracy", "flops", "params")
         teacher_info = {k: teacher.info[k] for k in keep}
         targets = kd_targets(teacher, split, kd_targets_mode, augment, cache_dir=cache_dir)
+        if needs_features(kd.loss):  # feature losses run the teacher on every batch
+            targets["teacher"] = teacher.model.eval()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))

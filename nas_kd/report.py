@@ -464,11 +464,13 @@ def _summary_line(data: ReportData) -> str:
 def _front_section(data: ReportData) -> str:
     if not data.front:
         return f'<p class="note">{_e(NO_FEASIBLE.capitalize())}.</p>'
+    searched = any(r.kd for r in data.front)  # --kd search: show which recipe won each point
     rows = [[r.number, f"{r.val_accuracy:.2%}", _fmt_count(r.flops), _fmt_count(r.params),
-             "-" if r.train_seconds is None else f"{r.train_seconds:.1f}", r.summary] for r in data.front]
+             "-" if r.train_seconds is None else f"{r.train_seconds:.1f}", r.summary]
+            + ([r.kd_text] if searched else []) for r in data.front]
     return ("<h3>The front, cheapest first</h3>"
-            + _table(["trial", "val accuracy", "FLOPs", "params", "train s", "architecture"], rows,
-                     table_id="front-table", numeric={0, 1, 2, 3, 4}))
+            + _table(["trial", "val accuracy", "FLOPs", "params", "train s", "architecture"]
+                     + (["KD recipe"] if searched else []), rows, table_id="front-table", numeric={0, 1, 2, 3, 4}))
 
 
 def _search_section(data: ReportData) -> str:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError  # Optuna's RDB storages raise these
 from nas_kd.config import SAMPLERS, SearchConfig
 from nas_kd.cost import FLOP_CONVENTION
 from nas_kd.data import dataset_names
-from nas_kd.distill import KDSettings, kd_loss_names, needs_features
+from nas_kd.distill import KD_SEARCH, KDSettings, kd_loss_names
 from nas_kd.errors import UserError, stop_on_sigterm
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity, parse_quantity
@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation split (default 0)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate, one-cycle SGD (default 0.1)")
-    p.add_argument("--kd", default="hinton", help=f"distillation loss: {', '.join(kd_loss_names())}")
+    p.add_argument("--kd", default="hinton", help=f"distillation loss: {', '.join(kd_loss_names())}; or search "
+                   "(Optuna chooses loss, temperature and alpha per trial with the architecture)")
     p.add_argument("--temperature", type=float, default=4.0, help="KD temperature T (default 4)")
     p.add_argument("--alpha", type=float, default=0.9, help="KD weight; 0 = labels only (default 0.9)")
     p.add_argument("--teacher", action="append", default=[], metavar="TEACHER",
@@ -78,12 +79,11 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
                    "same command with the same --storage on each")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.kd not in kd_loss_names():
-        raise UserError(f"unknown distillation loss {a.kd!r}: choose one of {', '.join(kd_loss_names())}")
-    if needs_features(a.kd):
-        logit_losses = ", ".join(n for n in kd_loss_names() if not needs_features(n))
-        raise UserError(f"--kd {a.kd} needs teacher features on every batch, which the search trainer does not "
-                        f"compute yet; use one of {logit_losses}")
+    if a.kd not in [*kd_loss_names(), KD_SEARCH]:
+        raise UserError(f"unknown distillation loss {a.kd!r}: choose one of {', '.join(kd_loss_names())}, "
+                        f"or {KD_SEARCH} (Optuna picks loss, temperature and alpha per trial)")
+    if a.kd == KD_SEARCH and a.alpha == 0:
+        raise UserError("--kd search chooses alpha per trial; for labels only use --alpha 0 without --kd search")
     return SearchConfig(
         dataset=a.dataset, data_dir=a.data_dir,
         budget_flops=parse_quantity(a.budget, what="--budget"),
@@ -217,7 +217,7 @@ def format_front(front: list, budget_flops: int) -> str:
     for r in front:
         lines.append(
             f"{r.number:>5}  {r.val_accuracy:7.2%}  {format_quantity(r.flops):>7}  {format_quantity(r.params):>7}  "
-            f"{(r.train_seconds or 0):7.1f}  {r.summary}"
+            f"{(r.train_seconds or 0):7.1f}  {r.summary}" + (f"  [{r.kd_text}]" if r.kd else "")
         )
     return "\n".join(lines)
 

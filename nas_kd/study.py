@@ -160,6 +160,14 @@ class TrialRecord:
     spec: dict | None
     feasible: bool
     fail_reason: str | None = None
+    kd: dict | None = None  # this trial's distillation recipe under --kd search
+
+    @property
+    def kd_text(self) -> str:
+        if not self.kd:
+            return ""
+        k = self.kd
+        return f"{k['loss']} T={k['temperature']:g} a={k['alpha']:.2f}"
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -183,6 +191,7 @@ def to_record(t: FrozenTrial) -> TrialRecord:
         spec=a.get("spec"),
         feasible=feasible,
         fail_reason=a.get("fail_reason"),
+        kd=a.get("kd"),
     )
 
 
@@ -204,7 +213,8 @@ def write_front(records: list[TrialRecord], out_dir: Path) -> tuple[Path, Path]:
     rows = [r.to_dict() for r in records]
     csv_path, json_path = out_dir / "front.csv", out_dir / "front.json"
     table = pd.DataFrame(rows, columns=list(TrialRecord.__dataclass_fields__))
-    table = table.drop(columns=["spec"]).assign(spec=[json.dumps(r["spec"], sort_keys=True) for r in rows])
+    table = table.drop(columns=["spec", "kd"]).assign(
+        kd=[r.kd_text for r in records], spec=[json.dumps(r["spec"], sort_keys=True) for r in rows])
     tmp = csv_path.with_suffix(".csv.tmp")
     table.to_csv(tmp, index=False)
     tmp.replace(csv_path)

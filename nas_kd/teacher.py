@@ -106,6 +106,11 @@ class EnsembleTeacher(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sum(w * m(x) for w, m in zip(self.weights, self.members, strict=True))
 
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature losses distil from the first member's stages (features of different networks do
+        not average meaningfully)."""
+        return self.members[0].forward_features(x)
+
 
 @dataclass
 class Teacher:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nas_kd.distill import KDBatch, KDSettings, get_kd_loss
+from nas_kd.distill import KDBatch, KDSettings, get_kd_loss, needs_adapter, needs_features, pair_features
 from nas_kd.errors import TrialFailed
 
 
@@ -111,13 +111,19 @@ def train_model(
     loss_fn = get_kd_loss(kd.loss)
     if kd.uses_teacher and teacher_logits is None and teacher is None:
         raise ValueError("KD training needs teacher logits or a teacher")
+    features = kd.uses_teacher and needs_features(kd.loss)  # teacher features are computed on the fly
+    if features and (teacher is None or not hasattr(teacher, "forward_features")):
+        raise ValueError(f"{kd.loss} needs a teacher module with forward_features")
+    if features and checkpoint is not None:
+        raise ValueError("feature distillation does not checkpoint its adapters")
     device = device_for(model)
     g = torch.Generator().manual_seed(settings.seed)
     n, bs = len(y), settings.batch_size
     steps_per_epoch = max(1, n // bs)  # drop the last partial batch: batch norm needs > 1 sample
     total_steps = max(1, int(round(settings.epochs * steps_per_epoch)))
+    pairs, adapters = _feature_pairs(model, teacher, x[:2].to(device), kd.loss) if features else ([], nn.ModuleList())
     opt = torch.optim.SGD(
-        model.parameters(), lr=settings.lr, momentum=settings.momentum,
+        [*model.parameters(), *adapters.parameters()], lr=settings.lr, momentum=settings.momentum,
         weight_decay=settings.weight_decay, nesterov=True,
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total_steps, pct_start=0.15)
@@ -139,16 +145,25 @@ def train_model(
                 xb = augment_batch(x[idx], settings.augment, g).to(device, non_blocking=True)
                 target = teacher_logits[idx] if teacher_logits is not None else None
             yb = y[idx].to(device, non_blocking=True)
-            logits = model(xb.contiguous(memory_format=torch.channels_last))
-            if kd.uses_teacher:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            if features:
+                s_feats = model.forward_features(xb)
+                with torch.no_grad():
+                    t_feats = teacher.forward_features(xb)
+                loss = loss_fn(KDBatch(
+                    model.classify(s_feats[-1]), yb, teacher_logits=target,
+                    student_features=[adapt(s_feats[si]) for (si, _), adapt in zip(pairs, adapters, strict=True)],
+                    teacher_features=[t_feats[j] for _, j in pairs]), kd)
+            elif kd.uses_teacher:
+                logits = model(xb)
                 if target is None:
                     with torch.no_grad():
                         target = teacher(xb)
                 loss = loss_fn(KDBatch(logits, yb, teacher_logits=target.to(device)), kd)
             elif settings.label_smoothing > 0:
-                loss = torch.nn.functional.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
+                loss = torch.nn.functional.cross_entropy(model(xb), yb, label_smoothing=settings.label_smoothing)
             else:
-                loss = loss_fn(KDBatch(logits, yb), ce_only)
+                loss = loss_fn(KDBatch(model(xb), yb), ce_only)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise TrialFailed(f"loss became {loss_value} at step {step + 1}/{total_steps}")
@@ -162,6 +177,34 @@ def train_model(
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, opt, sched, g, step)
     return TrainResult(seconds=time.perf_counter() - start, steps=step, final_loss=loss_value)
+
+
+class _Adapter(nn.Module):
+    """FitNets' regressor: a 1×1 conv to the teacher's channels, resized to its spatial size."""
+
+    def __init__(self, cin: int, cout: int, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv, self.size = nn.Conv2d(cin, cout, 1, bias=False), size
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        f = self.conv(f)
+        return f if f.shape[-2:] == self.size else nn.functional.interpolate(f, size=self.size, mode="bilinear")
+
+
+def _feature_pairs(model: nn.Module, teacher: nn.Module, x: torch.Tensor, loss: str) -> tuple[list, nn.ModuleList]:
+    """Student/teacher stage pairs (``pair_features``), and an adapter per pair where the loss uses one."""
+    was_training = model.training
+    with torch.no_grad():
+        s_shapes = [tuple(f.shape[1:]) for f in model.eval().forward_features(x)]
+        t_shapes = [tuple(f.shape[1:]) for f in teacher.forward_features(x)]
+    model.train(was_training)
+    pairs = pair_features(s_shapes, t_shapes)
+    device = device_for(model)
+    adapters = nn.ModuleList(
+        _Adapter(s_shapes[i][0], t_shapes[j][0], t_shapes[j][-2:]) if needs_adapter(loss) else nn.Identity()
+        for i, j in pairs
+    ).to(device)
+    return pairs, adapters
 
 
 def _save_checkpoint(path: Path, model: nn.Module, opt, sched, g: torch.Generator, step: int) -> None:  # noqa: ANN001

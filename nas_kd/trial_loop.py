@@ -7,6 +7,7 @@ has trained its share.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -21,6 +22,7 @@ from nas_kd.builder import build_student
 from nas_kd.config import SearchConfig
 from nas_kd.cost import FLOP_CONVENTION, count_cost
 from nas_kd.data import Split, default_val_size, load_dataset, split_dataset
+from nas_kd.distill import KDSettings, kd_loss_names, needs_features, suggest_kd
 from nas_kd.errors import TrialFailed, UserError
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity
@@ -46,6 +48,8 @@ class Run:
     y_train: torch.Tensor
     teacher_logits: torch.Tensor | None
     device: torch.device
+    teacher: torch.nn.Module | None = None  # kept for losses that need teacher features
+    kd_losses: tuple[str, ...] = ()  # what --kd search may choose from (feature losses need a module)
 
 
 def _device(name: str) -> torch.device:
@@ -138,6 +142,14 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
         check_identity(study, {"teacher": {k: info[k] for k in ("key", "sha256")}})
         study.set_user_attr("nas_kd.teacher", info)
         logits = teacher_logits(teacher, split, cache_dir=cfg.cache_dir)[idx]
+        has_features = hasattr(teacher.model, "forward_features")
+        if needs_features(cfg.kd.loss) and not has_features:
+            raise UserError(f"--kd {cfg.kd.loss} needs the teacher's intermediate features, which an ONNX or "
+                            "TorchScript teacher does not expose: use a logit loss (hinton, logit-l2), or "
+                            "--teacher pkg.module:factory whose model defines forward_features(x)")
+        losses = tuple(n for n in kd_loss_names() if has_features or not needs_features(n))
+        return Run(cfg, split, space, study, split.x_train[idx], split.y_train[idx], logits, device,
+                   teacher.model.to(device).eval() if has_features else None, losses)
     return Run(cfg, split, space, study, split.x_train[idx], split.y_train[idx], logits, device)
 
 
@@ -198,8 +210,8 @@ def run_trials(run: Run, progress: Progress) -> dict:
     n_before = len(study.trials)
     # resumed runs (and each worker) draw new samples instead of repeating the first run's
     study.sampler = make_sampler(cfg.sampler, cfg.seed + n_before + WORKER_SEED_STRIDE * (cfg.worker_index or 0))
-    known = {
-        t.user_attrs["spec_json"]: t
+    known = {  # architecture (and, under --kd search, recipe) → its trained trial
+        t.user_attrs["spec_json"] + json.dumps(t.user_attrs.get("kd")): t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if t.user_attrs.get("status") == "trained" and "spec_json" in t.user_attrs
     }
@@ -244,8 +256,12 @@ def run_trials(run: Run, progress: Progress) -> dict:
             stats["skipped"] += 1
             progress.status(status())
             continue
-        if spec_json in known:  # the same architecture under the same seed trains identically
-            earlier = known[spec_json]
+        kd = suggest_kd(trial, list(run.kd_losses)) if cfg.kd.searched else cfg.kd
+        if cfg.kd.searched:
+            trial.set_user_attr("kd", asdict(kd))
+        key = spec_json + json.dumps(asdict(kd) if cfg.kd.searched else None)
+        if key in known:  # the same architecture (and recipe) under the same seed trains identically
+            earlier = known[key]
             trial.set_user_attr("val_accuracy", earlier.user_attrs.get("val_accuracy"))
             trial.set_user_attr("status", "duplicate")
             trial.set_user_attr("duplicate_of", earlier.number)
@@ -256,7 +272,7 @@ def run_trials(run: Run, progress: Progress) -> dict:
         progress.status(status(f"#{trial.number} training {format_quantity(cost.flops)} FLOPs"), force=True)
         try:
             with _Heartbeat(study, trial):
-                val_acc, seconds = _train_candidate(run, model, trial.number,
+                val_acc, seconds = _train_candidate(run, model, kd, trial.number,
                                                     lambda text: progress.status(status(text)))
             _save_weights(cfg, trial.number, model)
         except KeyboardInterrupt:
@@ -285,7 +301,7 @@ def run_trials(run: Run, progress: Progress) -> dict:
         trial.set_user_attr("status", "trained")
         trial.set_user_attr("val_accuracy", val_acc)
         trial.set_user_attr("train_seconds", round(seconds, 2))
-        known[spec_json] = study.tell(trial, [val_acc, float(cost.flops)])
+        known[key] = study.tell(trial, [val_acc, float(cost.flops)])
         stats["trained"] += 1
         stats["train_seconds"] += seconds
         best = val_acc if best is None else max(best, val_acc)
@@ -293,20 +309,22 @@ def run_trials(run: Run, progress: Progress) -> dict:
             f"#{trial.number:<4d} [{stats['trained']}/{cfg.trials}] val {val_acc:6.2%} | "
             f"{format_quantity(cost.flops):>6s} FLOPs | {format_quantity(cost.params):>6s} params | "
             f"{seconds:5.1f} s | {spec.summary()}"
+            + (f" | {kd.loss} T={kd.temperature:g} alpha={kd.alpha:.2f}" if cfg.kd.searched else "")
         )
     stats["seconds"] = time.perf_counter() - start
     return stats
 
 
-def _train_candidate(run: Run, model: torch.nn.Module, number: int, show) -> tuple[float, float]:  # noqa: ANN001
-    """Train one candidate on the run's fixed subset (KD from cached logits) and score it on validation."""
+def _train_candidate(run: Run, model: torch.nn.Module, kd: KDSettings, number: int, show) -> tuple[float, float]:  # noqa: ANN001
+    """Train one candidate on the run's fixed subset and score it on validation (KD from cached
+    logits; feature losses also run the teacher on each batch)."""
     model = model.to(run.device).to(memory_format=torch.channels_last)
 
     def on_step(step: int, total: int, _loss: float) -> None:
         show(f"#{number} training {step / total:.0%}")
 
-    result = train_model(model, run.x_train, run.y_train, run.cfg.train, kd=run.cfg.kd,
-                         teacher_logits=run.teacher_logits, on_step=on_step)
+    result = train_model(model, run.x_train, run.y_train, run.cfg.train, kd=kd, teacher_logits=run.teacher_logits,
+                         teacher=run.teacher if needs_features(kd.loss) else None, on_step=on_step)
     return accuracy(model, run.split.x_val, run.split.y_val), result.seconds
 
 

@@ -140,3 +140,13 @@ def test_every_loss_sends_gradients_to_the_student_only(name):
 def test_feature_losses_say_what_they_need(name):
     with pytest.raises(ValueError, match="features"):
         get_kd_loss(name)(KDBatch(S, Y, teacher_logits=T), KDSettings(loss=name))
+
+
+def test_feature_pairing_matches_stages_by_spatial_size():
+    from nas_kd.distill import pair_features
+
+    teacher = [(32, 28, 28), (64, 14, 14), (128, 7, 7)]
+    # the last student stage of each teacher size; a teacher size the student lacks is skipped
+    assert pair_features([(8, 14, 14), (16, 14, 14), (24, 7, 7)], teacher) == [(1, 1), (2, 2)]
+    assert pair_features([(8, 28, 28), (16, 14, 14), (24, 7, 7)], teacher) == [(0, 0), (1, 1), (2, 2)]
+    assert pair_features([(8, 4, 4), (16, 2, 2)], teacher) == [(1, 2)]  # nothing in common: last with last

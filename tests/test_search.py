@@ -90,7 +90,7 @@ def test_a_diverging_trial_fails_alone_with_its_reason(tmp_path, cache_dir, caps
      (["--study-name", "../escape"], "study name"),
      (["--alpha", "2"], "--alpha must be in"),
      (["--kd", "nope"], "unknown distillation loss"),
-     (["--kd", "fitnet"], "needs teacher features")],
+     (["--kd", "search", "--alpha", "0"], "--kd search chooses alpha")],
 )
 def test_bad_input_exits_2_with_one_clear_message(tmp_path, cache_dir, capsys, args, message):
     assert run(tmp_path, cache_dir, "--trials", "1", *args) == 2
@@ -153,3 +153,35 @@ def test_a_new_study_trains_the_spaces_hand_designs_first(tmp_path, cache_dir):
     # resuming does not enqueue them again
     assert run(tmp_path, cache_dir, "--trials", "1", "--space", str(space)) == 0
     assert sum("warm_start" in t.user_attrs for t in load(tmp_path).trials) == 2
+
+
+@pytest.mark.parametrize("loss", ["fitnet", "attention", "rkd", "sp"])
+def test_feature_losses_train_in_the_search_with_live_teacher_features(tmp_path, cache_dir, loss):
+    assert run(tmp_path, cache_dir, "--trials", "2", "--epochs", "1", "--kd", loss, name=loss) == 0
+    done = trained(load(tmp_path, loss))
+    assert len(done) == 2 and all(0 <= t.values[0] <= 1 for t in done)
+
+
+def test_kd_search_chooses_a_recipe_per_trial_and_reports_the_winners(tmp_path, cache_dir, capsys):
+    from nas_kd.distill import TEMPERATURES, kd_loss_names
+
+    assert run(tmp_path, cache_dir, "--trials", "6", "--epochs", "1", "--kd", "search", name="kds") == 0
+    out = capsys.readouterr()
+    study = load(tmp_path, "kds")
+    recipes = [t.user_attrs["kd"] for t in trained(study)]
+    assert len(recipes) == 6
+    for r in recipes:
+        assert r["loss"] in kd_loss_names() and r["temperature"] in TEMPERATURES and 0.5 <= r["alpha"] <= 0.95
+    assert len({r["loss"] for r in recipes}) > 1  # really searched, not fixed
+    assert study.user_attrs["nas_kd.identity"]["kd"]["loss"] == "search"
+    assert "T=" in out.out  # the printed front names each point's recipe
+    assert "KD recipe" in (tmp_path / "studies" / "kds" / "report.html").read_text()
+    assert "kd" in (tmp_path / "studies" / "kds" / "front.csv").read_text().splitlines()[0].split(",")
+    # export retrains a searched trial with its own recipe
+    from nas_kd.export import main as export_main
+
+    pick = trained(study)[0]
+    out = tmp_path / "exp"
+    assert export_main(["--study-name", "kds", "--studies-dir", str(tmp_path / "studies"), "--cache-dir",
+                        str(cache_dir), "--trial", str(pick.number), "--epochs", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "model_card.json").read_text())["kd"] == pick.user_attrs["kd"]
