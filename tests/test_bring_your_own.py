@@ -137,7 +137,7 @@ def test_torchscript_teacher_drives_a_search(tmp_path, tiny_teacher):
     assert recorded["val_accuracy"] == pytest.approx(expected)
 
 
-def test_onnx_teacher_drives_a_search_with_the_same_logits(tmp_path, tiny_teacher):
+def test_onnx_teacher_drives_a_search_with_the_same_logits(tmp_path, tiny_teacher, capsys):
     from nas_kd.external_teacher import OnnxTeacher
 
     split, model = tiny_teacher
@@ -147,6 +147,9 @@ def test_onnx_teacher_drives_a_search_with_the_same_logits(tmp_path, tiny_teache
     assert torch.allclose(OnnxTeacher(path)(split.x_val), model(split.x_val), atol=1e-4)
     assert _tiny_search(tmp_path, "--teacher", str(path)) == 0
     assert _study(tmp_path, "t").user_attrs["nas_kd.teacher"]["key"].startswith("onnx-teacher.onnx-")
+    # an ONNX teacher has no reachable intermediate layers: feature losses say so
+    assert _tiny_search(tmp_path, "--teacher", str(path), "--kd", "attention", name="feat") == 2
+    assert "needs the teacher's intermediate features" in capsys.readouterr().err
 
 
 def test_factory_teacher_with_weights_only_state_dict(tmp_path, tiny_teacher, monkeypatch):
