@@ -81,9 +81,8 @@ def load_external(source: str, weights_file: str | None, *, teacher_input: str, 
             ) from None
         kind, digest = "torchscript", _sha256(path)
     else:
-        model, digest = _from_factory(source, weights_file), ""
-        kind = "factory"
-        digest = hashlib.sha256((source + (_sha256(Path(weights_file)) if weights_file else "")).encode()).hexdigest()
+        model, kind = _from_factory(source, weights_file), "factory"
+        digest = hashlib.sha256((source + _sha256(Path(weights_file))).encode()).hexdigest()
     model.eval()
     if teacher_input == "raw":
         norm = split.description["normalisation"]
