@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import platform
 import time
@@ -41,6 +42,8 @@ def main() -> None:
     p.add_argument("--kd-targets", default="clean")
     p.add_argument("--teacher", action="append", default=[])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--train-subset", type=int, help="train on a fixed subset (a reduced protocol)")
+    p.add_argument("--targets-cache", help="where the subset's teacher targets are cached (not the teacher cache)")
     p.add_argument("--out", default=str(HERE / "kd_gain.csv"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -52,17 +55,21 @@ def main() -> None:
         name = a.design
     data = load_dataset("fashion-mnist")
     split = split_dataset(data, val_size=default_val_size(len(data.y_train)), seed=0)
+    full_split = split
+    if a.train_subset:
+        idx = split.subset_index(a.train_subset, 0)
+        split = dataclasses.replace(split, x_train=split.x_train[idx], y_train=split.y_train[idx])
     progress = Progress()
     kd = KDSettings(alpha=0.0)
     teacher = None
     if a.mode == "kd":
         kd = KDSettings()
-        teacher = load_teacher(split, tuple(a.teacher), progress=progress, train=False)
+        teacher = load_teacher(full_split, tuple(a.teacher), progress=progress, train=False)
     settings = TrainSettings(epochs=a.epochs, batch_size=128, lr=0.1, augment=a.augment, seed=a.seed)
     torch.manual_seed(a.seed)
     model = build_student(spec).to(memory_format=torch.channels_last)
     start = time.perf_counter()
-    targets = kd_targets(teacher, split, a.kd_targets, a.augment) if teacher is not None else {}
+    targets = kd_targets(teacher, split, a.kd_targets, a.augment, cache_dir=a.targets_cache) if teacher else {}
     targets_seconds = time.perf_counter() - start
     start = time.perf_counter()
 
@@ -75,7 +82,7 @@ def main() -> None:
         "date": date.today().isoformat(), "machine": f"{platform.node()} {torch.get_num_threads()} thread(s)",
         "design": name, "flops": count_cost(build_student(spec), split.input_shape).flops, "mode": a.mode,
         "kd_targets": a.kd_targets if teacher else "", "teacher": teacher.info["key"] if teacher else "",
-        "augment": a.augment, "epochs": a.epochs, "seed": a.seed,
+        "augment": a.augment, "epochs": a.epochs, "seed": a.seed, "train_images": len(split.y_train),
         "val_accuracy": round(accuracy(model, split.x_val, split.y_val), 4),
         "test_accuracy": round(accuracy(model, split.x_test, split.y_test), 4),
         "targets_seconds": round(targets_seconds, 1), "train_seconds": round(result.seconds, 1),

@@ -29,6 +29,7 @@ class SearchConfig:
     val_size: float | None = None  # images (≥ 1) or a fraction (< 1); None: min(5000, 15%)
     train_subset: int | None = 20_000  # training images per trial (None: the whole split)
     train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=2, lr=0.1))
+    min_steps: int = 300  # SGD steps per candidate at least: small datasets get more epochs
     kd: KDSettings = field(default_factory=KDSettings)
     teacher_seed: int = 0
     teachers: tuple[str, ...] = ()  # teacher recipes (several: logits averaged); () = the dataset's default

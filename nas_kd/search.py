@@ -27,7 +27,7 @@ from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity, parse_quantity
 from nas_kd.study import front_records, redact_url, trial_records, write_front
 from nas_kd.train import TrainSettings
-from nas_kd.trial_loop import prepare, run_trials
+from nas_kd.trial_loop import prepare, run_trials, trial_settings
 
 
 def parse_args(argv: list[str] | None) -> SearchConfig:
@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="tpe (default), random or nsga2")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")
     p.add_argument("--epochs", type=float, default=2.0, help="training epochs per candidate (default 2)")
+    p.add_argument("--min-steps", type=int, default=300,
+                   help="SGD steps per candidate at least; small datasets get more epochs (default 300; 0: "
+                   "exactly --epochs)")
     p.add_argument("--train-subset", type=int, default=20000,
                    help="training images per candidate, 0 = all (default 20000)")
     p.add_argument("--val-size", type=float, help="validation images (≥ 1) or fraction (< 1) carved from train")
@@ -89,7 +92,7 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         budget_flops=parse_quantity(a.budget, what="--budget"),
         budget_params=parse_quantity(a.params, what="--params") if a.params else None,
         space=a.space, trials=a.trials, timeout=a.timeout, seed=a.seed, split_seed=a.split_seed,
-        val_size=a.val_size, train_subset=a.train_subset or None,
+        val_size=a.val_size, train_subset=a.train_subset or None, min_steps=a.min_steps,
         train=TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed),
         kd=KDSettings(loss=a.kd, temperature=a.temperature, alpha=a.alpha),
         teachers=tuple(_absolute(t) for t in a.teacher), teacher_weights=_weights(a.ensemble_weights),
@@ -120,7 +123,8 @@ def _worker_args(cfg: SearchConfig, index: int, trials: int, threads: int) -> li
     args = ["--budget", str(c.budget_flops), "--dataset", c.dataset, "--space", c.space, "--trials", str(trials),
             "--study-name", c.name, "--storage", c.storage_url, "--studies-dir", c.studies_dir,
             "--sampler", c.sampler, "--seed", str(c.seed), "--epochs", str(c.train.epochs),
-            "--train-subset", str(c.train_subset or 0), "--split-seed", str(c.split_seed),
+            "--train-subset", str(c.train_subset or 0), "--min-steps", str(c.min_steps),
+            "--split-seed", str(c.split_seed),
             "--batch-size", str(c.train.batch_size), "--lr", str(c.train.lr), "--kd", c.kd.loss,
             "--temperature", str(c.kd.temperature), "--alpha", str(c.kd.alpha), "--teacher-seed", str(c.teacher_seed),
             "--device", c.device, "--threads", str(threads), "--worker-index", str(index)]
@@ -176,7 +180,8 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None) -> list:
         f"study {cfg.name!r} in {redact_url(cfg.storage_url)} ({'resuming, ' if n_before else ''}"
         f"{n_before} trials so far) | budget {format_quantity(cfg.budget_flops)} FLOPs"
         + (f", {format_quantity(cfg.budget_params)} params" if cfg.budget_params else "")
-        + f" | {cfg.kd.describe()} | {cfg.train.epochs:g} epochs on {len(run.y_train)} images"
+        + f" | {cfg.kd.describe()} | {trial_settings(cfg, len(run.y_train)).epochs:.3g} epochs on "
+        f"{len(run.y_train)} images"
     )
     progress.log(f"cost convention: {FLOP_CONVENTION}")
     if cfg.workers > 1:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -76,18 +77,19 @@ RECIPES: dict[str, dict[str, TeacherRecipe]] = {
     },
 }
 DEFAULT_RECIPE = {"fashion-mnist": "quick", "digits": "quick", "tiny": "quick"}
-# A dataset the user brings (npz:, folder:, a factory) gets a small ResNet trained on first use,
-# unless they bring their own teacher with --teacher.
-GENERIC_RECIPES = {
-    "quick": TeacherRecipe(
+GENERIC_MIN_STEPS = 2000
+
+
+def recipes_for(dataset: str, n_train: int | None = None) -> dict[str, TeacherRecipe]:
+    """The dataset's recipes. A dataset the user brings (npz:, folder:, a factory) gets a small
+    ResNet trained on first use for 15 epochs, or more on small data: at least 2000 SGD steps."""
+    if dataset in RECIPES:
+        return RECIPES[dataset]
+    epochs = max(15, math.ceil(GENERIC_MIN_STEPS / max(1, (n_train or 0) // 64))) if n_train else 15
+    return {"quick": TeacherRecipe(
         {"arch": "resnet", "width": 16, "blocks": [1, 1, 1]},
-        TrainSettings(epochs=15, batch_size=64, lr=0.05, weight_decay=5e-4, augment="crop"),
-    ),
-}
-
-
-def recipes_for(dataset: str) -> dict[str, TeacherRecipe]:
-    return RECIPES.get(dataset, GENERIC_RECIPES)
+        TrainSettings(epochs=epochs, batch_size=64, lr=0.05, weight_decay=5e-4, augment="crop"),
+    )}
 
 
 def default_recipe(dataset: str) -> str:
@@ -186,8 +188,8 @@ def teacher_key(dataset: str, recipe_name: str, recipe: TeacherRecipe, split: Sp
     return f"{dataset}-{recipe_name}-{recipe.arch['arch']}{recipe.arch.get('width', '')}-{digest}-seed{seed}"
 
 
-def _recipe(dataset: str, name: str | None) -> tuple[str, TeacherRecipe]:
-    recipes = recipes_for(dataset)
+def _recipe(dataset: str, name: str | None, n_train: int | None = None) -> tuple[str, TeacherRecipe]:
+    recipes = recipes_for(dataset, n_train)
     name = name or default_recipe(dataset)
     if name not in recipes:
         raise UserError(f"unknown teacher recipe {name!r} for {dataset}: choose one of {', '.join(recipes)}")
@@ -200,7 +202,7 @@ def load_or_train_teacher(
 ) -> Teacher:
     """The dataset's teacher for ``split``: loaded from the cache, or trained (resumably) and cached."""
     dataset = split.description["dataset"]
-    recipe_name, rec = _recipe(dataset, recipe)
+    recipe_name, rec = _recipe(dataset, recipe, len(split.y_train))
     key = teacher_key(dataset, recipe_name, rec, split, seed)
     folder = Path(cache_dir or default_cache_dir()) / "teachers" / key
     progress = progress or Progress(quiet=True)
@@ -316,7 +318,7 @@ def _member(split: Split, rec: TeacherRecipe, seed: int, stem: Path, progress: P
         return model.to(device).eval(), info
     if not train:
         dataset = split.description["dataset"]
-        recipe = next(n for n, r in recipes_for(dataset).items() if r == rec)
+        recipe = next(n for n, r in recipes_for(dataset, len(split.y_train)).items() if r == rec)
         extra = "" if recipe == default_recipe(dataset) else f" --recipe {recipe}"
         raise UserError(f"no trained teacher {label}: run python -m nas_kd.teacher train --dataset {dataset}{extra}")
     resumed = " (resuming)" if ckpt.exists() else ""
@@ -441,7 +443,7 @@ def _split_for(args: argparse.Namespace) -> Split:
 
 
 def _train_one_member(split: Split, args: argparse.Namespace, progress: Progress) -> int:
-    name, rec = _recipe(split.description["dataset"], args.recipe[0] if args.recipe else None)
+    name, rec = _recipe(split.description["dataset"], args.recipe[0] if args.recipe else None, len(split.y_train))
     if not 0 <= args.member < rec.members:
         raise UserError(f"--member must be in 0..{rec.members - 1} for recipe {name!r}")
     key = teacher_key(split.description["dataset"], name, rec, split, args.seed)

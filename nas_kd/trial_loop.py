@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import optuna
 import torch
@@ -29,7 +29,7 @@ from nas_kd.quantity import format_quantity
 from nas_kd.space import SearchSpace, load_space
 from nas_kd.study import check_identity, make_sampler, open_study, redact_url
 from nas_kd.teacher import check_teacher_sources, load_teacher, teacher_logits
-from nas_kd.train import accuracy, train_model
+from nas_kd.train import TrainSettings, accuracy, train_model
 
 MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial before giving up
 MAX_UNEXPECTED_FAILURES = 3  # consecutive trial crashes of unknown cause before stopping
@@ -103,6 +103,7 @@ def _identity(cfg: SearchConfig, split: Split, space: SearchSpace) -> dict:
         "budget_params": cfg.budget_params,
         "train": asdict(cfg.train),
         "train_subset": cfg.train_subset,
+        "min_steps": cfg.min_steps,
         "kd": asdict(cfg.kd),
         "flop_convention": FLOP_CONVENTION,
     }
@@ -315,6 +316,14 @@ def run_trials(run: Run, progress: Progress) -> dict:
     return stats
 
 
+def trial_settings(cfg: SearchConfig, n_images: int) -> TrainSettings:
+    """``cfg.train``, with more epochs when ``--epochs`` would give fewer than ``cfg.min_steps`` steps
+    (2 epochs of a 1,000-image dataset are 15 steps: too few to rank anything)."""
+    steps_per_epoch = max(1, n_images // cfg.train.batch_size)
+    epochs = max(cfg.train.epochs, cfg.min_steps / steps_per_epoch)
+    return replace(cfg.train, epochs=epochs)
+
+
 def _train_candidate(run: Run, model: torch.nn.Module, kd: KDSettings, number: int, show) -> tuple[float, float]:  # noqa: ANN001
     """Train one candidate on the run's fixed subset and score it on validation (KD from cached
     logits; feature losses also run the teacher on each batch)."""
@@ -323,7 +332,8 @@ def _train_candidate(run: Run, model: torch.nn.Module, kd: KDSettings, number: i
     def on_step(step: int, total: int, _loss: float) -> None:
         show(f"#{number} training {step / total:.0%}")
 
-    result = train_model(model, run.x_train, run.y_train, run.cfg.train, kd=kd, teacher_logits=run.teacher_logits,
+    result = train_model(model, run.x_train, run.y_train, trial_settings(run.cfg, len(run.y_train)), kd=kd,
+                         teacher_logits=run.teacher_logits,
                          teacher=run.teacher if needs_features(kd.loss) else None, on_step=on_step)
     return accuracy(model, run.split.x_val, run.split.y_val), result.seconds
 

@@ -26,8 +26,9 @@ def _patterns(n, size, channels, classes, seed=0):
     return (np.clip(x, 0, 1) * 255).astype(np.uint8), y
 
 
-def _search(tmp_path, *extra, name="byo", budget="200k"):
+def _search(tmp_path, *extra, name="byo", budget="200k", min_steps="0"):
     return main(["--budget", budget, "--trials", "2", "--epochs", "1", "--batch-size", "32", "--threads", "2",
+                 *(["--min-steps", min_steps] if min_steps else []),
                  "--studies-dir", str(tmp_path / "studies"), "--cache-dir", str(tmp_path / "cache"),
                  "--study-name", name, *extra])
 
@@ -40,7 +41,7 @@ def _trained(study):
     return [t for t in study.trials if t.user_attrs.get("status") == "trained"]
 
 
-def test_npz_8x8_grayscale_3_classes_with_its_own_test_set(tmp_path):
+def test_npz_8x8_grayscale_3_classes_with_its_own_test_set(tmp_path, capsys):
     x, y = _patterns(300, 8, 1, 3)
     xt, yt = _patterns(60, 8, 1, 3, seed=1)
     path = tmp_path / "small.npz"
@@ -48,9 +49,12 @@ def test_npz_8x8_grayscale_3_classes_with_its_own_test_set(tmp_path):
     data = load_dataset(f"npz:{path}")
     assert data.input_shape == (1, 8, 8) and data.num_classes == 3 and len(data.y_test) == 60
     assert int(data.y_train.max()) == 2 and 0 <= float(data.x_train.min()) and float(data.x_train.max()) <= 1
-    assert _search(tmp_path, "--dataset", f"npz:{path}", budget="100k") == 0
+    assert _search(tmp_path, "--dataset", f"npz:{path}", budget="100k", min_steps=None) == 0  # default 300
     study = _study(tmp_path)
     assert len(_trained(study)) == 2
+    # 1 epoch of 255 images (300 minus 45 for validation) is 7 steps: --min-steps 300 makes it 42.9
+    assert study.user_attrs["nas_kd.identity"]["min_steps"] == 300
+    assert "42.9 epochs on 255 images" in capsys.readouterr().err
     assert all(t.user_attrs["spec"]["in_channels"] == 1 and t.user_attrs["spec"]["num_classes"] == 3
                for t in _trained(study))
     teacher = study.user_attrs["nas_kd.teacher"]

@@ -15,7 +15,7 @@ import torch
 import nas_kd.trial_loop as trial_loop
 from nas_kd.search import main
 
-ARGS = ["--dataset", "tiny", "--budget", "150k", "--batch-size", "32"]
+ARGS = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--batch-size", "32"]
 
 
 def _load(path: Path, name: str) -> optuna.Study:

@@ -50,7 +50,8 @@ def searched(tmp_path_factory, cache_dir):
     space.write_text(SMALL_SPACE)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = search_main(["--dataset", "tiny", "--budget", "150k", "--epochs", "4", "--batch-size", "32",
+        code = search_main(["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
+                            "--epochs", "4", "--batch-size", "32",
                             "--studies-dir", str(studies), "--cache-dir", str(cache_dir), "--study-name", "rep",
                             "--threads", "2", "--trials", "2", "--space", str(space), "--alpha", "0"])
     assert code == 0
@@ -154,7 +155,8 @@ def test_a_search_with_an_empty_front_still_writes_its_report_and_a_broken_repor
         tmp_path, cache_dir, monkeypatch, capsys):
     space = tmp_path / "small.yaml"
     space.write_text(SMALL_SPACE)
-    args = ["--dataset", "tiny", "--budget", "150k", "--epochs", "1", "--batch-size", "32", "--lr", "1e12",
+    args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
+            "--epochs", "1", "--batch-size", "32", "--lr", "1e12",
             "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "nan", "--threads", "2",
             "--trials", "1", "--space", str(space), "--alpha", "0"]
     assert search_main(args) == 0  # the one trial diverges and fails: nothing on the front

@@ -17,7 +17,7 @@ BUDGET = 150_000
 
 
 def run(tmp_path, cache_dir, *extra, name="t"):
-    args = ["--dataset", "tiny", "--budget", "150k", "--epochs", "4", "--batch-size", "32",
+    args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "4", "--batch-size", "32",
             "--studies-dir", str(tmp_path / "studies"), "--cache-dir", str(cache_dir), "--study-name", name,
             "--threads", "2", *extra]
     return main(args)
@@ -115,7 +115,7 @@ def test_bad_space_file(tmp_path, cache_dir, capsys):
 def test_unwritable_studies_folder(tmp_path, cache_dir, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    code = main(["--dataset", "tiny", "--budget", "150k", "--studies-dir", str(blocker / "studies"),
+    code = main(["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--studies-dir", str(blocker / "studies"),
                  "--cache-dir", str(cache_dir)])
     assert code == 2
     assert "cannot write to studies folder" in capsys.readouterr().err

@@ -40,7 +40,8 @@ def test_teacher_show_uses_the_shipped_teacher_and_measures_it(tmp_path, capsys)
 
 
 def test_a_fresh_machine_searches_with_the_shipped_teacher_at_once(tmp_path, capsys):
-    args = ["--dataset", "tiny", "--budget", "150k", "--epochs", "1", "--batch-size", "32", "--trials", "1",
+    args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
+            "--epochs", "1", "--batch-size", "32", "--trials", "1",
             "--studies-dir", str(tmp_path), "--cache-dir", str(tmp_path / "empty-cache"), "--threads", "2"]
     assert search_main(args) == 0
     assert "teacher: training" not in capsys.readouterr().err
@@ -69,7 +70,7 @@ def test_a_tampered_shipped_teacher_is_refused_with_exit_2(tmp_path, monkeypatch
     (["--teacher", "quick", "--ensemble-weights", "x"], "comma-separated numbers"),
 ])
 def test_bad_teacher_choices_exit_2_before_any_study_exists(tmp_path, capsys, extra, message):
-    args = ["--dataset", "tiny", "--budget", "150k", "--studies-dir", str(tmp_path), *extra]
+    args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--studies-dir", str(tmp_path), *extra]
     assert search_main(args) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.glob("*.db"))

@@ -128,7 +128,8 @@ def test_search_with_two_teachers_distils_from_their_weighted_average(tmp_path, 
     from nas_kd.search import main as search_main
     from nas_kd.teacher import load_teacher
 
-    args = ["--dataset", "tiny", "--budget", "150k", "--epochs", "1", "--batch-size", "32", "--trials", "1",
+    args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
+            "--epochs", "1", "--batch-size", "32", "--trials", "1",
             "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "ens", "--threads", "2",
             "--teacher", "quick", "--teacher", "ensemble", "--ensemble-weights", "2,1"]
     assert search_main(args) == 0

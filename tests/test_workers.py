@@ -9,7 +9,7 @@ from nas_kd.search import main
 from nas_kd.study import front_records, trial_records
 from tests.pg import pg_bin, postgres_server
 
-ARGS = ["--dataset", "tiny", "--budget", "150k", "--epochs", "3", "--batch-size", "32"]
+ARGS = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "3", "--batch-size", "32"]
 
 
 def _check_shared_study(study, total, workers):
