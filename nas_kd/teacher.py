@@ -46,12 +46,13 @@ class TeacherRecipe:
 
 RECIPES: dict[str, dict[str, TeacherRecipe]] = {
     "fashion-mnist": {
-        # ~40 MFLOPs; trained on first use in ~15 minutes on 2 cores
+        # 37 MFLOPs, 92.85% test; trains in ~18 minutes on 2 cores
         "quick": TeacherRecipe(
             {"arch": "resnet", "width": 32, "blocks": [1, 1, 1]},
             TrainSettings(epochs=8, batch_size=128, lr=0.1, weight_decay=5e-4, augment="crop"),
         ),
-        # an ensemble of 4 (logits averaged): ~160 MFLOPs in all, but its logits are cached
+        # the default, shipped: 2 members (logits averaged, 74 MFLOPs in all; its logits are cached),
+        # 93.60% val / 93.78% test; each member took ~2 h on one core of this machine
         "strong": TeacherRecipe(
             {"arch": "resnet", "width": 32, "blocks": [1, 1, 1]},
             TrainSettings(epochs=15, batch_size=128, lr=0.1, weight_decay=5e-4, augment="crop-flip-erase"),
@@ -76,7 +77,8 @@ RECIPES: dict[str, dict[str, TeacherRecipe]] = {
         ),
     },
 }
-DEFAULT_RECIPE = {"fashion-mnist": "quick", "digits": "quick", "tiny": "quick"}
+# Fashion-MNIST's default ships with the package (2 × 2 h of training on this kind of machine).
+DEFAULT_RECIPE = {"fashion-mnist": "strong", "digits": "quick", "tiny": "quick"}
 GENERIC_MIN_STEPS = 2000
 
 
