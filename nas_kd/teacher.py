@@ -79,12 +79,12 @@ RECIPES: dict[str, dict[str, TeacherRecipe]] = {
 }
 # Fashion-MNIST's default ships with the package (2 × 2 h of training on this kind of machine).
 DEFAULT_RECIPE = {"fashion-mnist": "strong", "digits": "quick", "tiny": "quick"}
-GENERIC_MIN_STEPS = 2000
+GENERIC_MIN_STEPS = 1000
 
 
 def recipes_for(dataset: str, n_train: int | None = None) -> dict[str, TeacherRecipe]:
     """The dataset's recipes. A dataset the user brings (npz:, folder:, a factory) gets a small
-    ResNet trained on first use for 15 epochs, or more on small data: at least 2000 SGD steps."""
+    ResNet trained on first use for 15 epochs, or more on small data: at least 1000 SGD steps."""
     if dataset in RECIPES:
         return RECIPES[dataset]
     epochs = max(15, math.ceil(GENERIC_MIN_STEPS / max(1, (n_train or 0) // 64))) if n_train else 15
