@@ -9,7 +9,6 @@ checked on arrival: logits shaped [batch, classes] and better-than-chance valida
 from __future__ import annotations
 
 import hashlib
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ import torch
 from torch import nn
 
 from nas_kd.errors import UserError
+from nas_kd.teacher import sha256_file
+from nas_kd.user_data import call_factory
 
 TEACHER_INPUTS = ("normalised", "raw")
 
@@ -69,8 +70,8 @@ def load_external(source: str, weights_file: str | None, *, teacher_input: str, 
     path = Path(source)
     if source.endswith(".onnx"):
         _must_exist(path)
-        model, kind, digest = OnnxTeacher(path), "onnx", _sha256(path)
-    elif not _looks_like_factory(source):
+        model, kind, digest = OnnxTeacher(path), "onnx", sha256_file(path)
+    elif not is_factory(source):
         _must_exist(path)
         try:
             model = torch.jit.load(str(path), map_location="cpu")
@@ -79,10 +80,10 @@ def load_external(source: str, weights_file: str | None, *, teacher_input: str, 
                 f"teacher {path} is not a TorchScript file (torch.jit.save). Bring an .onnx model, a "
                 "TorchScript file, or --teacher pkg.module:factory --teacher-weights STATE_DICT.pt"
             ) from None
-        kind, digest = "torchscript", _sha256(path)
+        kind, digest = "torchscript", sha256_file(path)
     else:
         model, kind = _from_factory(source, weights_file), "factory"
-        digest = hashlib.sha256((source + _sha256(Path(weights_file))).encode()).hexdigest()
+        digest = hashlib.sha256((source + sha256_file(Path(weights_file))).encode()).hexdigest()
     model.eval()
     if teacher_input == "raw":
         norm = split.description["normalisation"]
@@ -103,7 +104,8 @@ def load_external(source: str, weights_file: str | None, *, teacher_input: str, 
     return model, info
 
 
-def _looks_like_factory(source: str) -> bool:
+def is_factory(source: str) -> bool:
+    """``pkg.module:function`` (a file path that happens to contain ':' is a file)."""
     module, _, attr = source.partition(":")
     return bool(attr) and "/" not in module and not Path(source).is_file()
 
@@ -113,24 +115,8 @@ def _must_exist(path: Path) -> None:
         raise UserError(f"teacher file {path} does not exist")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _from_factory(source: str, weights_file: str | None) -> nn.Module:
-    module_name, _, attr = source.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise UserError(f"cannot import teacher factory {source!r} (want pkg.module:function): {err}") from None
-    try:
-        model = factory()
-    except Exception as err:  # noqa: BLE001 - the user's code failed: say where
-        raise UserError(f"teacher factory {source} raised {type(err).__name__}: {err}") from None
+    model = call_factory(source, "teacher")
     if not isinstance(model, nn.Module):
         raise UserError(f"teacher factory {source} must return an nn.Module, got {type(model).__name__}")
     if weights_file is None:

@@ -235,15 +235,15 @@ def load_or_train_teacher(
 def check_teacher_sources(dataset: str, sources: tuple[str, ...], weights: tuple[float, ...] | None,
                           weight_files: tuple[str, ...] = ()) -> None:
     """Refuse unknown recipes, missing teacher files and mismatched weights before any work starts."""
-    from nas_kd.external_teacher import is_external
+    from nas_kd.external_teacher import is_external, is_factory
 
     for name in sources or (None,):
         if name is not None and is_external(name):
-            if ":" not in name and not Path(name).is_file():
+            if not is_factory(name) and not Path(name).is_file():
                 raise UserError(f"teacher file {name} does not exist")
         else:
             _recipe(dataset, name)
-    factories = [s for s in sources if is_external(s) and ":" in s and not Path(s).is_file()]
+    factories = [s for s in sources if is_external(s) and is_factory(s)]
     if len(weight_files) != len(factories):
         raise UserError(f"--teacher-weights is given {len(weight_files)} time(s) for {len(factories)} "
                         "factory teacher(s) (pkg.module:factory): give one state dict per factory, in order")
@@ -261,16 +261,15 @@ def load_teacher(
     """The teacher a search names with ``--teacher`` (repeatable): a recipe or a brought teacher
     (TorchScript, ONNX, factory + weights), or several whose logits are averaged with ``weights``
     (equal by default). No source: the dataset's default teacher."""
-    from nas_kd.external_teacher import is_external, load_external
+    from nas_kd.external_teacher import is_external, is_factory, load_external
 
     check_teacher_sources(split.description["dataset"], sources, weights, weight_files)
     files = iter(weight_files)
     parts = []
     for source in tuple(sources) or (None,):
         if source is not None and is_external(source):
-            factory = ":" in source and not Path(source).is_file()
-            model, info = load_external(source, next(files) if factory else None, teacher_input=teacher_input,
-                                        split=split)
+            model, info = load_external(source, next(files) if is_factory(source) else None,
+                                        teacher_input=teacher_input, split=split)
             info.update(dataset=split.description["dataset"], recipe_name=source, split=split.description,
                         train_seconds=0.0, val_accuracy=accuracy(model, split.x_val, split.y_val),
                         test_accuracy=accuracy(model, split.x_test, split.y_test))

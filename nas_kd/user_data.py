@@ -151,16 +151,21 @@ def _as_arrays(part: object, what: str) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"{what} must be an (images, labels) pair or a dataset of (image, label): {err}") from None
 
 
-def _from_factory(name: str):  # noqa: ANN202
-    module_name, _, attr = name.partition(":")
+def call_factory(source: str, what: str) -> object:
+    """Import ``pkg.module:function`` and call it; UserError naming the step that failed."""
+    module_name, _, attr = source.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise UserError(f"cannot import dataset factory {name!r} (want pkg.module:function): {err}") from None
+        raise UserError(f"cannot import {what} factory {source!r} (want pkg.module:function): {err}") from None
     try:
-        result = factory()
+        return factory()
     except Exception as err:  # noqa: BLE001 - the user's code failed: say where
-        raise UserError(f"dataset factory {name} raised {type(err).__name__}: {err}") from None
+        raise UserError(f"{what} factory {source} raised {type(err).__name__}: {err}") from None
+
+
+def _from_factory(name: str):  # noqa: ANN202
+    result = call_factory(name, "dataset")
     if not (isinstance(result, tuple) and len(result) == 2):
         raise UserError(f"dataset factory {name} must return (train, test); got {type(result).__name__}")
     (x, y), (xt, yt) = _as_arrays(result[0], f"{name} train"), _as_arrays(result[1], f"{name} test")
