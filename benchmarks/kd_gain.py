@@ -88,14 +88,19 @@ def main() -> None:
         "targets_seconds": round(targets_seconds, 1), "train_seconds": round(result.seconds, 1),
         "seconds_per_epoch": round(result.seconds / a.epochs, 1),
     }
-    out = Path(a.out)
-    new = not out.exists()
-    with out.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    _append_row(Path(a.out), row)
     print(json.dumps(row))
+
+
+def _append_row(out: Path, row: dict) -> None:
+    """Append ``row``; rows written before a column was added get it empty (the header is the union)."""
+    rows = list(csv.DictReader(out.open())) if out.exists() else []
+    fields = list(rows[0]) if rows else []
+    fields += [k for k in row if k not in fields]
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows([*rows, row])
 
 
 if __name__ == "__main__":

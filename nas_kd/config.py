@@ -40,6 +40,7 @@ class SearchConfig:
     storage: str | None = None  # any Optuna storage URL; default SQLite in studies_dir
     studies_dir: str = "studies"
     sampler: str = "tpe"
+    warm_start: bool = True  # a new study trains the space's hand designs first
     cache_dir: str | None = None  # teachers and their logits; default ~/.cache/nas_kd
     device: str = "auto"
     threads: int | None = None

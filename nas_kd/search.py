@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///STUDIES_DIR/NAME.db)")
     p.add_argument("--studies-dir", default="studies", help="where studies and their outputs go")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="tpe (default), random or nsga2")
+    p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                   help="do not train the space's hand designs first (e.g. for a pure random-search baseline)")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")
     p.add_argument("--epochs", type=float, default=2.0, help="training epochs per candidate (default 2)")
     p.add_argument("--min-steps", type=int, default=300,
@@ -98,7 +100,7 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         teachers=tuple(_absolute(t) for t in a.teacher), teacher_weights=_weights(a.ensemble_weights),
         teacher_files=tuple(_absolute(f) for f in a.teacher_weights), teacher_input=a.teacher_input,
         teacher_seed=a.teacher_seed, study_name=a.study_name, storage=a.storage,
-        studies_dir=a.studies_dir, sampler=a.sampler, cache_dir=a.cache_dir, device=a.device,
+        studies_dir=a.studies_dir, sampler=a.sampler, warm_start=a.warm_start, cache_dir=a.cache_dir, device=a.device,
         threads=a.threads, workers=a.workers, worker_index=a.worker_index,
     )
 

@@ -50,6 +50,9 @@ def test_search_stays_within_budget_writes_the_front_and_resumes(tmp_path, cache
         if t.user_attrs.get("status") == "infeasible":
             assert t.user_attrs["flops"] > BUDGET and t.constraints["flops"] > 0
             assert "train_seconds" not in t.user_attrs
+            # rejected by the analytic count, which must be fvcore's number
+            spec = ArchSpec.from_dict(t.user_attrs["spec"])
+            assert count_cost(build_student(spec), (1, 12, 12)).flops == t.user_attrs["flops"]
     identity = study.user_attrs["nas_kd.identity"]
     assert identity["budget_flops"] == BUDGET and identity["split"]["split_seed"] == 0
     assert "multiply-add" in identity["flop_convention"] and identity["teacher"]["sha256"]
@@ -153,6 +156,9 @@ def test_a_new_study_trains_the_spaces_hand_designs_first(tmp_path, cache_dir):
     # resuming does not enqueue them again
     assert run(tmp_path, cache_dir, "--trials", "1", "--space", str(space)) == 0
     assert sum("warm_start" in t.user_attrs for t in load(tmp_path).trials) == 2
+    # --no-warm-start: a new study samples from the first trial (a pure random-search baseline)
+    assert run(tmp_path, cache_dir, "--trials", "1", "--space", str(space), "--no-warm-start", name="cold") == 0
+    assert not any("warm_start" in t.user_attrs for t in load(tmp_path, "cold").trials)
 
 
 @pytest.mark.parametrize("loss", ["fitnet", "attention", "rkd", "sp"])
