@@ -54,6 +54,18 @@ def test_ensemble_averages_member_logits_exactly(split, cache_dir):
     assert ens.info["val_accuracy"] == pytest.approx(((a + b).argmax(1) == split.y_val).float().mean().item())
 
 
+def test_an_ensembles_accuracy_is_measured_once_per_split(split, cache_dir, monkeypatch):
+    first = load_or_train_teacher(split, recipe="ensemble", cache_dir=cache_dir)
+    monkeypatch.setattr(teacher_mod, "accuracy", lambda *a, **k: pytest.fail("measured again"))
+    again = load_or_train_teacher(split, recipe="ensemble", cache_dir=cache_dir, train=False)
+    assert (again.info["val_accuracy"], again.info["test_accuracy"]) == (
+        first.info["val_accuracy"], first.info["test_accuracy"])
+    cached = next((cache_dir / "teachers" / first.info["key"]).glob("ensemble-*.json"))
+    cached.write_text(cached.read_text().replace('"split_seed": 0', '"split_seed": 9'))  # another split's
+    with pytest.raises(pytest.fail.Exception, match="measured again"):
+        load_or_train_teacher(split, recipe="ensemble", cache_dir=cache_dir, train=False)
+
+
 def test_training_resumes_exactly_after_an_interruption(split, tmp_path):
     settings = TrainSettings(epochs=3, batch_size=32, lr=0.05, augment="crop-flip-erase", seed=3)
 
