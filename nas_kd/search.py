@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="tpe (default), random or nsga2")
     p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="do not train the space's hand designs first (e.g. for a pure random-search baseline)")
+    p.add_argument("--early-stop", action="store_true",
+                   help="stop half-way a candidate whose accuracy then, plus a generous second-half gain, "
+                        "is below a cheaper trained one (off by default: see benchmarks/RESULTS.md)")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")
     p.add_argument("--epochs", type=float, default=2.0, help="training epochs per candidate (default 2)")
     p.add_argument("--min-steps", type=int, default=300,
@@ -100,7 +103,8 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         teachers=tuple(_absolute(t) for t in a.teacher), teacher_weights=_weights(a.ensemble_weights),
         teacher_files=tuple(_absolute(f) for f in a.teacher_weights), teacher_input=a.teacher_input,
         teacher_seed=a.teacher_seed, study_name=a.study_name, storage=a.storage,
-        studies_dir=a.studies_dir, sampler=a.sampler, warm_start=a.warm_start, cache_dir=a.cache_dir, device=a.device,
+        studies_dir=a.studies_dir, sampler=a.sampler, warm_start=a.warm_start,
+        early_stop=a.early_stop, cache_dir=a.cache_dir, device=a.device,
         threads=a.threads, workers=a.workers, worker_index=a.worker_index,
     )
 
@@ -130,6 +134,8 @@ def _worker_args(cfg: SearchConfig, index: int, trials: int, threads: int) -> li
             "--batch-size", str(c.train.batch_size), "--lr", str(c.train.lr), "--kd", c.kd.loss,
             "--temperature", str(c.kd.temperature), "--alpha", str(c.kd.alpha), "--teacher-seed", str(c.teacher_seed),
             "--device", c.device, "--threads", str(threads), "--worker-index", str(index)]
+    if c.early_stop:
+        args.append("--early-stop")
     for recipe in c.teachers:
         args += ["--teacher", recipe]
     for file in c.teacher_files:
@@ -199,6 +205,7 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None) -> list:
             f"training), skipped {stats['skipped']} over budget"
             + (f", {stats['duplicates']} repeated architectures reused" if stats["duplicates"] else "")
             + (f", {stats['failed']} failed" if stats["failed"] else "")
+            + (f", {stats['stopped']} stopped half-way" if stats["stopped"] else "")
         )
     if cfg.worker_index is not None:
         return []

@@ -34,6 +34,9 @@ from nas_kd.train import TrainSettings, accuracy, train_model
 MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial before giving up
 MAX_UNEXPECTED_FAILURES = 3  # consecutive trial crashes of unknown cause before stopping
 WORKER_SEED_STRIDE = 7919  # workers draw from different sampler streams
+EARLY_STOP_PROBE = 1000  # validation images scored half-way through each trial under --early-stop
+EARLY_STOP_MIN_GAINS = 5  # half-way → final gains observed before the rule may stop anything
+EARLY_STOP_QUANTILE = 0.9  # a candidate is stopped only if even this large a gain leaves it dominated
 
 
 @dataclass
@@ -216,7 +219,8 @@ def run_trials(run: Run, progress: Progress) -> dict:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if t.user_attrs.get("status") == "trained" and "spec_json" in t.user_attrs
     }
-    stats = {"trained": 0, "skipped": 0, "duplicates": 0, "failed": 0, "train_seconds": 0.0}
+    stats = {"trained": 0, "skipped": 0, "duplicates": 0, "failed": 0, "stopped": 0, "train_seconds": 0.0}
+    gains = [t.values[0] - t.user_attrs["mid_val"] for t in known.values() if "mid_val" in t.user_attrs]
     best = max((t.values[0] for t in known.values()), default=None)
     unexpected = 0
     start = time.perf_counter()
@@ -273,9 +277,19 @@ def run_trials(run: Run, progress: Progress) -> dict:
         progress.status(status(f"#{trial.number} training {format_quantity(cost.flops)} FLOPs"), force=True)
         try:
             with _Heartbeat(study, trial):
-                val_acc, seconds = _train_candidate(run, model, kd, trial.number,
-                                                    lambda text: progress.status(status(text)))
+                bar = _stop_below(known.values(), cost.flops, gains) if cfg.early_stop else None
+                val_acc, seconds, mid = _train_candidate(run, model, kd, trial.number,
+                                                         lambda text: progress.status(status(text)), bar)
             _save_weights(cfg, trial.number, model)
+        except _StoppedEarly as stop:
+            trial.set_user_attr("status", "stopped early")
+            trial.set_user_attr("mid_val", stop.accuracy)
+            trial.set_user_attr("stop_reason", stop.reason)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            stats["trained"] += 1
+            stats["stopped"] += 1
+            progress.log(f"#{trial.number:<4d} stopped half-way: {stop.reason}")
+            continue
         except KeyboardInterrupt:
             _fail(study, trial, "interrupted by the user", progress)
             raise
@@ -302,6 +316,9 @@ def run_trials(run: Run, progress: Progress) -> dict:
         trial.set_user_attr("status", "trained")
         trial.set_user_attr("val_accuracy", val_acc)
         trial.set_user_attr("train_seconds", round(seconds, 2))
+        if mid is not None:
+            trial.set_user_attr("mid_val", mid)
+            gains.append(val_acc - mid)
         known[key] = study.tell(trial, [val_acc, float(cost.flops)])
         stats["trained"] += 1
         stats["train_seconds"] += seconds
@@ -333,18 +350,53 @@ def trial_settings(cfg: SearchConfig, n_images: int) -> TrainSettings:
     return replace(cfg.train, epochs=epochs)
 
 
-def _train_candidate(run: Run, model: torch.nn.Module, kd: KDSettings, number: int, show) -> tuple[float, float]:  # noqa: ANN001
+class _StoppedEarly(Exception):
+    def __init__(self, accuracy: float, reason: str) -> None:
+        super().__init__(reason)
+        self.accuracy, self.reason = accuracy, reason
+
+
+def _stop_below(known: object, flops: int, gains: list[float]) -> tuple[float, str] | None:
+    """``--early-stop``: the half-way accuracy under which a candidate cannot reach the front.
+
+    A trained candidate at most as costly with final accuracy ``best`` dominates this one unless it
+    gains more than ``best − half-way accuracy`` in its second half. The gain to allow is this
+    study's own: the 90th percentile of the gains its trials made, once 5 are known. Until then,
+    and when nothing cheaper is trained, no candidate is stopped.
+    """
+    if len(gains) < EARLY_STOP_MIN_GAINS:
+        return None
+    cheaper = [t for t in known if t.values[1] <= flops and t.user_attrs.get("status") == "trained"]
+    if not cheaper:
+        return None
+    best = max(cheaper, key=lambda t: t.values[0])
+    margin = sorted(gains)[min(len(gains) - 1, int(EARLY_STOP_QUANTILE * len(gains)))]
+    return best.values[0] - margin, (f"half-way accuracy {{:.2%}} + {margin:.2%} (a 90th-percentile second-half "
+                                     f"gain) is below trial #{best.number}'s {best.values[0]:.2%} at "
+                                     f"{format_quantity(best.values[1])} FLOPs")
+
+
+def _train_candidate(run: Run, model: torch.nn.Module, kd: KDSettings, number: int, show,  # noqa: ANN001
+                     stop_below: tuple[float, str] | None = None) -> tuple[float, float, float | None]:
     """Train one candidate on the run's fixed subset and score it on validation (KD from cached
-    logits; feature losses also run the teacher on each batch)."""
+    logits; feature losses also run the teacher on each batch). Under ``--early-stop`` it is also
+    scored half-way on ``EARLY_STOP_PROBE`` validation images, and stopped there if that score is
+    under ``stop_below``. Returns validation accuracy, training seconds, half-way accuracy."""
     model = model.to(run.device).to(memory_format=torch.channels_last)
+    mid: list[float] = []
 
     def on_step(step: int, total: int, _loss: float) -> None:
         show(f"#{number} training {step / total:.0%}")
+        if run.cfg.early_stop and step == total // 2 and step > 0:
+            mid.append(accuracy(model, run.split.x_val[:EARLY_STOP_PROBE], run.split.y_val[:EARLY_STOP_PROBE]))
+            model.train()
+            if stop_below is not None and mid[0] < stop_below[0]:
+                raise _StoppedEarly(mid[0], stop_below[1].format(mid[0]))
 
     result = train_model(model, run.x_train, run.y_train, trial_settings(run.cfg, len(run.y_train)), kd=kd,
                          teacher_logits=run.teacher_logits,
                          teacher=run.teacher if needs_features(kd.loss) else None, on_step=on_step)
-    return accuracy(model, run.split.x_val, run.split.y_val), result.seconds
+    return accuracy(model, run.split.x_val, run.split.y_val), result.seconds, (mid[0] if mid else None)
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, progress: Progress) -> None:

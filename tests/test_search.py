@@ -191,3 +191,37 @@ def test_kd_search_chooses_a_recipe_per_trial_and_reports_the_winners(tmp_path, 
     assert export_main(["--study-name", "kds", "--studies-dir", str(tmp_path / "studies"), "--cache-dir",
                         str(cache_dir), "--trial", str(pick.number), "--epochs", "1", "--out", str(out)]) == 0
     assert json.loads((out / "model_card.json").read_text())["kd"] == pick.user_attrs["kd"]
+
+
+class _Done:
+    def __init__(self, number, acc, flops, status="trained"):
+        self.number, self.values, self.user_attrs = number, [acc, flops], {"status": status}
+
+
+def test_early_stop_bar_is_the_best_cheaper_trial_minus_a_90th_percentile_gain():
+    from nas_kd.trial_loop import _stop_below
+
+    known = [_Done(0, 0.80, 1000), _Done(1, 0.90, 3000), _Done(2, 0.95, 9000)]
+    gains = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.20]
+    bar, reason = _stop_below(known, 5000, gains)
+    assert bar == pytest.approx(0.90 - 0.20)  # trial 1 is the best at ≤ 5000 FLOPs; 90th pct gain 0.20
+    assert "trial #1" in reason and "{:.2%}" in reason
+    assert _stop_below(known, 500, gains) is None  # nothing cheaper is trained: never stopped
+    assert _stop_below(known, 5000, gains[:4]) is None  # too few gains observed to calibrate
+
+
+def test_early_stop_halts_a_dominated_candidate_half_way(tmp_path, cache_dir, monkeypatch):
+    import nas_kd.trial_loop as loop
+
+    # every trained trial is scored half-way; the rule's verdict is forced to "stop" from the third on
+    real = loop._stop_below
+    monkeypatch.setattr(loop, "_stop_below", lambda known, flops, gains: (
+        (2.0, "forced {:.2%}") if len(list(known)) >= 2 else real(known, flops, gains)))
+    assert run(tmp_path, cache_dir, "--trials", "4", "--early-stop", "--no-warm-start", name="es") == 0
+    study = load(tmp_path, "es")
+    done, stopped = trained(study), [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(done) >= 2 and len(done) + len(stopped) == 4
+    assert all(0 <= t.user_attrs["mid_val"] <= 1 for t in done + stopped)
+    for t in stopped:
+        assert t.user_attrs["status"] == "stopped early" and t.user_attrs["stop_reason"].startswith("forced")
+        assert "train_seconds" not in t.user_attrs
