@@ -41,7 +41,7 @@ class SearchConfig:
     studies_dir: str = "studies"
     sampler: str = "tpe"
     warm_start: bool = True  # a new study trains the space's hand designs first
-    early_stop: bool = False  # stop half-way a candidate that cannot reach the front (see trial_loop)
+    early_stop: bool = True  # stop half-way a candidate that cannot reach the front (see trial_loop)
     cache_dir: str | None = None  # teachers and their logits; default ~/.cache/nas_kd
     device: str = "auto"
     threads: int | None = None

@@ -51,9 +51,9 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="tpe (default), random or nsga2")
     p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="do not train the space's hand designs first (e.g. for a pure random-search baseline)")
-    p.add_argument("--early-stop", action="store_true",
-                   help="stop half-way a candidate whose accuracy then, plus a generous second-half gain, "
-                        "is below a cheaper trained one (off by default: see benchmarks/RESULTS.md)")
+    p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
+                   help="train every candidate to the end (by default one whose half-way accuracy, plus a "
+                        "generous second-half gain, is below a cheaper trained one is stopped there)")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")
     p.add_argument("--epochs", type=float, default=2.0, help="training epochs per candidate (default 2)")
     p.add_argument("--min-steps", type=int, default=300,
@@ -134,8 +134,8 @@ def _worker_args(cfg: SearchConfig, index: int, trials: int, threads: int) -> li
             "--batch-size", str(c.train.batch_size), "--lr", str(c.train.lr), "--kd", c.kd.loss,
             "--temperature", str(c.kd.temperature), "--alpha", str(c.kd.alpha), "--teacher-seed", str(c.teacher_seed),
             "--device", c.device, "--threads", str(threads), "--worker-index", str(index)]
-    if c.early_stop:
-        args.append("--early-stop")
+    if not c.early_stop:
+        args.append("--no-early-stop")
     for recipe in c.teachers:
         args += ["--teacher", recipe]
     for file in c.teacher_files:
