@@ -34,7 +34,7 @@ from nas_kd.train import TrainSettings, accuracy, train_model
 MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial before giving up
 MAX_UNEXPECTED_FAILURES = 3  # consecutive trial crashes of unknown cause before stopping
 WORKER_SEED_STRIDE = 7919  # workers draw from different sampler streams
-EARLY_STOP_PROBE = 1000  # validation images scored half-way through each trial under --early-stop
+EARLY_STOP_PROBE = 1000  # validation images scored half-way through each trial (early stopping)
 EARLY_STOP_MIN_GAINS = 5  # half-way → final gains observed before the rule may stop anything
 EARLY_STOP_QUANTILE = 0.9  # a candidate is stopped only if even this large a gain leaves it dominated
 
@@ -357,7 +357,7 @@ class _StoppedEarly(Exception):
 
 
 def _stop_below(known: object, flops: int, gains: list[float]) -> tuple[float, str] | None:
-    """``--early-stop``: the half-way accuracy under which a candidate cannot reach the front.
+    """Early stopping: the half-way accuracy under which a candidate cannot reach the front.
 
     A trained candidate at most as costly with final accuracy ``best`` dominates this one unless it
     gains more than ``best − half-way accuracy`` in its second half. The gain to allow is this
@@ -379,7 +379,7 @@ def _stop_below(known: object, flops: int, gains: list[float]) -> tuple[float, s
 def _train_candidate(run: Run, model: torch.nn.Module, kd: KDSettings, number: int, show,  # noqa: ANN001
                      stop_below: tuple[float, str] | None = None) -> tuple[float, float, float | None]:
     """Train one candidate on the run's fixed subset and score it on validation (KD from cached
-    logits; feature losses also run the teacher on each batch). Under ``--early-stop`` it is also
+    logits; feature losses also run the teacher on each batch). With early stopping it is also
     scored half-way on ``EARLY_STOP_PROBE`` validation images, and stopped there if that score is
     under ``stop_below``. Returns validation accuracy, training seconds, half-way accuracy."""
     model = model.to(run.device).to(memory_format=torch.channels_last)
