@@ -7,13 +7,13 @@ thop, and the analytic formula; agreement and milliseconds per count (median).
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
 
 import optuna
 import torch
+from csv_rows import write_rows
 
 from nas_kd.builder import build_student
 from nas_kd.cost import analytic_flops, count_flops, count_thop
@@ -47,10 +47,7 @@ def main() -> None:
         rows.append({"spec": i, "summary": spec.summary(), "fvcore": fv, "thop": th, "analytic": an,
                      "fvcore_ms": round(1e3 * (t1 - t0), 2), "thop_ms": round(1e3 * (t2 - t1), 2),
                      "analytic_ms": round(1e3 * (t3 - t2), 3)})
-    with open(a.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(Path(a.out), rows)
     exact = sum(r["fvcore"] == r["analytic"] for r in rows)
     ratio = [r["thop"] / r["fvcore"] for r in rows]
     print(f"{len(rows)} random specs of the default space at {shape}")

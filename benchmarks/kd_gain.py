@@ -9,7 +9,6 @@ default teacher vs labels only. Evaluates once on the test set; appends one row 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import platform
@@ -18,6 +17,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from csv_rows import append_rows
 
 from nas_kd.arch import ArchSpec
 from nas_kd.builder import build_student
@@ -88,19 +88,8 @@ def main() -> None:
         "targets_seconds": round(targets_seconds, 1), "train_seconds": round(result.seconds, 1),
         "seconds_per_epoch": round(result.seconds / a.epochs, 1),
     }
-    _append_row(Path(a.out), row)
+    append_rows(Path(a.out), [row])
     print(json.dumps(row))
-
-
-def _append_row(out: Path, row: dict) -> None:
-    """Append ``row``; rows written before a column was added get it empty (the header is the union)."""
-    rows = list(csv.DictReader(out.open())) if out.exists() else []
-    fields = list(rows[0]) if rows else []
-    fields += [k for k in row if k not in fields]
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, restval="")
-        w.writeheader()
-        w.writerows([*rows, row])
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import json
 import platform
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import optuna
 import torch
+from csv_rows import append_rows
 
 from nas_kd.arch import ArchSpec
 from nas_kd.builder import build_student
@@ -174,7 +174,7 @@ def main() -> None:
             "train_seconds": round(time.perf_counter() - start, 1), "spec_json": r["spec_json"],
         }
         print(json.dumps({k: v for k, v in row.items() if k != "spec_json"}), flush=True)
-        _append(out, row)
+        append_rows(out, [row])
     if shard == 0:
         summarise(out)
 
@@ -201,15 +201,6 @@ def summarise(out: Path) -> None:
         if r:
             print(f"  {r['warm_start'] or 'searched (best proxy)':<22s} {int(r['flops']) / 1e6:5.2f} MFLOPs  "
                   f"test {float(r['test_accuracy']):.2%}  {r['summary']}")
-
-
-def _append(out: Path, row: dict) -> None:
-    with out.open("a", newline="") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # shards append to one file
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if f.tell() == 0:
-            w.writeheader()
-        w.writerow(row)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Reference point of the hypervolume (the product's, as in the report): accuracy a
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import statistics
@@ -30,6 +29,7 @@ from datetime import date
 from pathlib import Path
 
 import optuna
+from csv_rows import append_rows
 
 from nas_kd.pareto import hypervolume
 
@@ -108,7 +108,7 @@ def main() -> None:
                 "best_val_in_time": round(max((acc for _, acc, _ in in_time), default=0.0), 4),
             })
             print(rows[-1], flush=True)
-    _write(Path(a.out), rows)
+    append_rows(Path(a.out), rows)
     print("\nmean hypervolume (fraction of the box), and ratio of means over random:")
     for key in ("hv_equal_time", "hv_equal_trials", "hv70_equal_time"):
         means = {arm: statistics.mean(r[key] for r in rows if r["arm"] == arm) for arm in a.arms}
@@ -116,14 +116,6 @@ def main() -> None:
         ratios = ", ".join(f"{arm}/random {m / means['random']:.3f}" for arm, m in means.items()
                            if "random" in means and arm != "random")
         print(f"  {key}: {text} | {ratios}")
-
-
-def _write(out: Path, rows: list[dict]) -> None:
-    old = list(csv.DictReader(out.open())) if out.exists() else []
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows([*old, *rows])
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ test-time averaging. Writes one row per (variant, split) to ``teacher_variants.c
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 from datetime import date
 from pathlib import Path
 
 import torch
+from csv_rows import write_rows
 
 from nas_kd.data import default_val_size, load_dataset, split_dataset
 from nas_kd.teacher import load_teacher
@@ -44,10 +44,7 @@ def main() -> None:
                 rows.append({"date": date.today().isoformat(), "machine": f"{platform.node()} {a.threads} thread(s)",
                              "variant": variant, "flip_averaged": flip, "split": name, "accuracy": round(acc, 4)})
                 print(rows[-1], flush=True)
-    with Path(a.out).open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(Path(a.out), rows)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Prints the figures and writes one row per measurement to ``trial_profile.csv`` (
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import statistics
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import optuna
 import torch
+from csv_rows import append_rows
 
 import nas_kd.trial_loop as trial_loop
 from nas_kd.builder import build_student
@@ -230,13 +230,7 @@ def main() -> None:
             record("loop vs bare", f"{flops} FLOPs bare", bare, "samples/s")
             record("loop vs bare", f"{flops} FLOPs ratio", ours / bare, "ratio")
 
-    out = Path(a.out)
-    new = not out.exists()
-    with out.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_rows(Path(a.out), rows)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,11 @@ class Split:
     input_shape: tuple[int, int, int]
     description: dict
 
+    @property
+    def identity(self) -> dict:
+        """Which images form this split: what cached teachers and resumed studies must match."""
+        return {k: self.description[k] for k in ("train_size", "val_size", "split_seed", "fingerprint")}
+
     def subset_index(self, size: int | None, seed: int) -> torch.Tensor:
         """Indices of a fixed, seeded subset of the training split (all of it when size is None)."""
         n = len(self.y_train)

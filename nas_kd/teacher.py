@@ -234,7 +234,7 @@ def load_or_train_teacher(
 def _ensemble_accuracy(model: nn.Module, split: Split, path: Path) -> dict:
     """An ensemble's validation and test accuracy, measured once per split and cached beside its
     members (measuring a 74-MFLOP ensemble on 15k images took a minute of every search's start)."""
-    which = {k: split.description[k] for k in ("train_size", "val_size", "split_seed", "fingerprint")}
+    which = split.identity
     try:
         cached = json.loads(path.read_text())
         if cached.get("split") == which:
@@ -360,7 +360,7 @@ def _member(split: Split, rec: TeacherRecipe, seed: int, stem: Path, progress: P
     seconds = previous + time.perf_counter() - start
     info = {
         "seed": seed, "recipe": asdict(settings), "arch": rec.arch,
-        "split": {k: split.description[k] for k in ("train_size", "val_size", "split_seed", "fingerprint")},
+        "split": split.identity,
         "val_accuracy": accuracy(model, split.x_val, split.y_val),
         "test_accuracy": accuracy(model, split.x_test, split.y_test),
         "train_seconds": round(seconds, 1),

@@ -100,7 +100,7 @@ def _identity(cfg: SearchConfig, split: Split, space: SearchSpace) -> dict:
         "dataset": split.description["dataset"],
         "input_shape": list(split.input_shape),
         "num_classes": split.num_classes,
-        "split": {k: split.description[k] for k in ("train_size", "val_size", "split_seed", "fingerprint")},
+        "split": split.identity,
         "space_sha256": space.sha256,
         "budget_flops": cfg.budget_flops,
         "budget_params": cfg.budget_params,
