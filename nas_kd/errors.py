@@ -5,15 +5,5 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2, never a traceback."""
 
 
-def stop_on_sigterm() -> None:
-    """Handle SIGTERM (a scheduler's or ``kill``'s stop) exactly like Ctrl-C: KeyboardInterrupt."""
-    import signal
-
-    def _raise(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _raise)
-
-
 class TrialFailed(Exception):
     """One trial could not finish (non-finite loss, out of memory): fail the trial, not the study."""

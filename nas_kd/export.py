@@ -25,12 +25,13 @@ import optuna
 import torch
 from torch import nn
 
+from nas_kd import interrupts
 from nas_kd.arch import ArchSpec
 from nas_kd.builder import build_student
 from nas_kd.cost import FLOP_CONVENTION, count_cost, count_thop
 from nas_kd.data import Split, load_dataset, split_dataset
 from nas_kd.distill import KDSettings, needs_features
-from nas_kd.errors import UserError, stop_on_sigterm
+from nas_kd.errors import UserError
 from nas_kd.pareto import pareto_front
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity, parse_quantity
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir")
     p.add_argument("--threads", type=int)
     a = p.parse_args(argv)
-    stop_on_sigterm()  # a stop cleans up the temporary folder like Ctrl-C
+    interrupts.install()  # a stop cleans up the temporary folder like Ctrl-C
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     try:
         study = open_named_study(a.study_name, a.studies_dir, a.storage)

@@ -18,11 +18,12 @@ from pathlib import Path
 import optuna
 from sqlalchemy.exc import SQLAlchemyError  # Optuna's RDB storages raise these
 
+from nas_kd import interrupts
 from nas_kd.config import SAMPLERS, SearchConfig
 from nas_kd.cost import FLOP_CONVENTION
 from nas_kd.data import dataset_names
 from nas_kd.distill import KD_SEARCH, KDSettings, kd_loss_names
-from nas_kd.errors import UserError, stop_on_sigterm
+from nas_kd.errors import UserError
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity, parse_quantity
 from nas_kd.study import front_records, redact_url, trial_records, write_front
@@ -242,12 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     # ask/tell with heartbeats is supported here: trial_loop records them itself while a trial trains
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    stop_on_sigterm()
+    interrupts.install()
     cfg = None
     try:
         cfg = parse_args(argv)
-        prefix = f"[worker {cfg.worker_index}] " if cfg.worker_index is not None else ""
-        front = run_search(cfg, Progress(prefix=prefix))
+        return _search_and_show(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -266,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         reason = redact_url(str(err).splitlines()[0])
         print(f"error: the study storage failed ({reason}); finished trials are saved", file=sys.stderr)
         return 2
+
+
+def _search_and_show(cfg: SearchConfig) -> int:
+    """Run the search, then print its front and write its report (the parent process only)."""
+    prefix = f"[worker {cfg.worker_index}] " if cfg.worker_index is not None else ""
+    front = run_search(cfg, Progress(prefix=prefix))
     if cfg.worker_index is not None:
         return 0
     if not front:

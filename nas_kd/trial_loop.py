@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import optuna
 import torch
 
+from nas_kd import interrupts
 from nas_kd.arch import ArchSpec, parse_summary
 from nas_kd.builder import build_student
 from nas_kd.config import SearchConfig
@@ -207,7 +208,15 @@ def _fail_stale(study: optuna.Study) -> None:
 
 
 def run_trials(run: Run, progress: Progress) -> dict:
-    """Ask for candidates until ``cfg.trials`` are trained (or time runs out); return counts."""
+    """Ask for candidates until ``cfg.trials`` are trained (or time runs out); return counts.
+
+    Ctrl-C fails the running trial and raises KeyboardInterrupt; it is raised at our own checks
+    (each training step, between a trial's stages), never inside library code (see interrupts)."""
+    with interrupts.deferred():
+        return _run_trials(run, progress)
+
+
+def _run_trials(run: Run, progress: Progress) -> dict:
     cfg, study, split = run.cfg, run.study, run.split
     shape, budget = split.input_shape, cfg.budget_flops
     _fail_stale(study)
@@ -240,95 +249,98 @@ def run_trials(run: Run, progress: Progress) -> dict:
                 f"gave up after {stats['skipped']} candidates over budget: the space rarely fits "
                 f"{format_quantity(budget)} FLOPs; raise --budget or use a smaller --space"
             )
+        interrupts.check()
         _fail_stale(study)  # one query: a killed peer's trial is failed within the grace period
         trial = study.ask()
-        spec = run.space.sample(trial, shape, split.num_classes)
-        torch.manual_seed(cfg.seed)
-        model = build_student(spec)
-        cost = _screen_cost(model, spec, shape, budget)
-        spec_json = spec.to_json()
-        for key, value in (("spec", spec.to_dict()), ("spec_json", spec_json), ("summary", spec.summary()),
-                           ("flops", cost.flops), ("params", cost.params)):
-            trial.set_user_attr(key, value)
-        if cfg.worker_index is not None:
-            trial.set_user_attr("worker", cfg.worker_index)
-        trial.set_constraint("flops", cost.flops - budget)
-        if cfg.budget_params is not None:
-            trial.set_constraint("params", cost.params - cfg.budget_params)
-        if cost.flops > budget or (cfg.budget_params is not None and cost.params > cfg.budget_params):
-            trial.set_user_attr("status", "infeasible")
-            study.tell(trial, [0.0, float(cost.flops)])
-            stats["skipped"] += 1
-            progress.status(status())
-            continue
-        kd = suggest_kd(trial, list(run.kd_losses)) if cfg.kd.searched else cfg.kd
-        if cfg.kd.searched:
-            trial.set_user_attr("kd", asdict(kd))
-        key = spec_json + json.dumps(asdict(kd) if cfg.kd.searched else None)
-        if key in known:  # the same architecture (and recipe) under the same seed trains identically
-            earlier = known[key]
-            trial.set_user_attr("val_accuracy", earlier.user_attrs.get("val_accuracy"))
-            trial.set_user_attr("status", "duplicate")
-            trial.set_user_attr("duplicate_of", earlier.number)
-            study.tell(trial, [earlier.values[0], float(cost.flops)])
-            stats["duplicates"] += 1
-            continue
+        try:  # Ctrl-C anywhere in a trial (sampling, counting, training) fails that trial
+            spec = run.space.sample(trial, shape, split.num_classes)
+            torch.manual_seed(cfg.seed)
+            model = build_student(spec)
+            cost = _screen_cost(model, spec, shape, budget)
+            interrupts.check()
+            spec_json = spec.to_json()
+            for key, value in (("spec", spec.to_dict()), ("spec_json", spec_json), ("summary", spec.summary()),
+                               ("flops", cost.flops), ("params", cost.params)):
+                trial.set_user_attr(key, value)
+            if cfg.worker_index is not None:
+                trial.set_user_attr("worker", cfg.worker_index)
+            trial.set_constraint("flops", cost.flops - budget)
+            if cfg.budget_params is not None:
+                trial.set_constraint("params", cost.params - cfg.budget_params)
+            if cost.flops > budget or (cfg.budget_params is not None and cost.params > cfg.budget_params):
+                trial.set_user_attr("status", "infeasible")
+                study.tell(trial, [0.0, float(cost.flops)])
+                stats["skipped"] += 1
+                progress.status(status())
+                continue
+            kd = suggest_kd(trial, list(run.kd_losses)) if cfg.kd.searched else cfg.kd
+            if cfg.kd.searched:
+                trial.set_user_attr("kd", asdict(kd))
+            key = spec_json + json.dumps(asdict(kd) if cfg.kd.searched else None)
+            if key in known:  # the same architecture (and recipe) under the same seed trains identically
+                earlier = known[key]
+                trial.set_user_attr("val_accuracy", earlier.user_attrs.get("val_accuracy"))
+                trial.set_user_attr("status", "duplicate")
+                trial.set_user_attr("duplicate_of", earlier.number)
+                study.tell(trial, [earlier.values[0], float(cost.flops)])
+                stats["duplicates"] += 1
+                continue
 
-        progress.status(status(f"#{trial.number} training {format_quantity(cost.flops)} FLOPs"), force=True)
-        try:
-            with _Heartbeat(study, trial):
-                bar = _stop_below(known.values(), cost.flops, gains) if cfg.early_stop else None
-                val_acc, seconds, mid = _train_candidate(run, model, kd, trial.number,
-                                                         lambda text: progress.status(status(text)), bar)
-            _save_weights(cfg, trial.number, model)
-        except _StoppedEarly as stop:
-            trial.set_user_attr("status", "stopped early")
-            trial.set_user_attr("mid_val", stop.accuracy)
-            trial.set_user_attr("stop_reason", stop.reason)
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            progress.status(status(f"#{trial.number} training {format_quantity(cost.flops)} FLOPs"), force=True)
+            try:
+                with _Heartbeat(study, trial):
+                    bar = _stop_below(known.values(), cost.flops, gains) if cfg.early_stop else None
+                    val_acc, seconds, mid = _train_candidate(run, model, kd, trial.number,
+                                                             lambda text: progress.status(status(text)), bar)
+                _save_weights(cfg, trial.number, model)
+            except _StoppedEarly as stop:
+                trial.set_user_attr("status", "stopped early")
+                trial.set_user_attr("mid_val", stop.accuracy)
+                trial.set_user_attr("stop_reason", stop.reason)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                stats["trained"] += 1
+                stats["stopped"] += 1
+                progress.log(f"#{trial.number:<4d} stopped half-way: {stop.reason}")
+                continue
+            except (TrialFailed, torch.OutOfMemoryError, MemoryError) as err:
+                _fail(study, trial, f"{type(err).__name__}: {err}", progress)
+                stats["trained"] += 1
+                stats["failed"] += 1
+                continue
+            except (UserError, OSError) as err:  # the machine, not the candidate: stop the run, keep the study
+                _fail(study, trial, f"{type(err).__name__}: {err}", progress)
+                raise
+            except Exception as err:  # noqa: BLE001 - a bug must not lose the study; stop after a few
+                unexpected += 1
+                log = cfg.out_dir / "errors.log"
+                with open(log, "a") as f:
+                    f.write(f"--- trial {trial.number} spec {spec_json}\n{traceback.format_exc()}\n")
+                _fail(study, trial, f"{type(err).__name__}: {err} (traceback in {log})", progress)
+                if unexpected >= MAX_UNEXPECTED_FAILURES:
+                    raise RuntimeError(f"{unexpected} trials in a row crashed; see {log}") from err
+                stats["trained"] += 1
+                stats["failed"] += 1
+                continue
+            unexpected = 0
+            trial.set_user_attr("status", "trained")
+            trial.set_user_attr("val_accuracy", val_acc)
+            trial.set_user_attr("train_seconds", round(seconds, 2))
+            if mid is not None:
+                trial.set_user_attr("mid_val", mid)
+                gains.append(val_acc - mid)
+            known[key] = study.tell(trial, [val_acc, float(cost.flops)])
             stats["trained"] += 1
-            stats["stopped"] += 1
-            progress.log(f"#{trial.number:<4d} stopped half-way: {stop.reason}")
-            continue
+            stats["train_seconds"] += seconds
+            best = val_acc if best is None else max(best, val_acc)
+            progress.log(
+                f"#{trial.number:<4d} [{stats['trained']}/{cfg.trials}] val {val_acc:6.2%} | "
+                f"{format_quantity(cost.flops):>6s} FLOPs | {format_quantity(cost.params):>6s} params | "
+                f"{seconds:5.1f} s | {spec.summary()}"
+                + (f" | {kd.loss} T={kd.temperature:g} alpha={kd.alpha:.2f}" if cfg.kd.searched else "")
+            )
         except KeyboardInterrupt:
-            _fail(study, trial, "interrupted by the user", progress)
+            _fail_unless_told(study, trial, "interrupted by the user", progress)
             raise
-        except (TrialFailed, torch.OutOfMemoryError, MemoryError) as err:
-            _fail(study, trial, f"{type(err).__name__}: {err}", progress)
-            stats["trained"] += 1
-            stats["failed"] += 1
-            continue
-        except (UserError, OSError) as err:  # the machine, not the candidate: stop the run, keep the study
-            _fail(study, trial, f"{type(err).__name__}: {err}", progress)
-            raise
-        except Exception as err:  # noqa: BLE001 - a bug must not lose the study; stop after a few
-            unexpected += 1
-            log = cfg.out_dir / "errors.log"
-            with open(log, "a") as f:
-                f.write(f"--- trial {trial.number} spec {spec_json}\n{traceback.format_exc()}\n")
-            _fail(study, trial, f"{type(err).__name__}: {err} (traceback in {log})", progress)
-            if unexpected >= MAX_UNEXPECTED_FAILURES:
-                raise RuntimeError(f"{unexpected} trials in a row crashed; see {log}") from err
-            stats["trained"] += 1
-            stats["failed"] += 1
-            continue
-        unexpected = 0
-        trial.set_user_attr("status", "trained")
-        trial.set_user_attr("val_accuracy", val_acc)
-        trial.set_user_attr("train_seconds", round(seconds, 2))
-        if mid is not None:
-            trial.set_user_attr("mid_val", mid)
-            gains.append(val_acc - mid)
-        known[key] = study.tell(trial, [val_acc, float(cost.flops)])
-        stats["trained"] += 1
-        stats["train_seconds"] += seconds
-        best = val_acc if best is None else max(best, val_acc)
-        progress.log(
-            f"#{trial.number:<4d} [{stats['trained']}/{cfg.trials}] val {val_acc:6.2%} | "
-            f"{format_quantity(cost.flops):>6s} FLOPs | {format_quantity(cost.params):>6s} params | "
-            f"{seconds:5.1f} s | {spec.summary()}"
-            + (f" | {kd.loss} T={kd.temperature:g} alpha={kd.alpha:.2f}" if cfg.kd.searched else "")
-        )
     stats["seconds"] = time.perf_counter() - start
     return stats
 
@@ -386,6 +398,7 @@ def _train_candidate(run: Run, model: torch.nn.Module, kd: KDSettings, number: i
     mid: list[float] = []
 
     def on_step(step: int, total: int, _loss: float) -> None:
+        interrupts.check()
         show(f"#{number} training {step / total:.0%}")
         if run.cfg.early_stop and step == total // 2 and step > 0:
             mid.append(accuracy(model, run.split.x_val[:EARLY_STOP_PROBE], run.split.y_val[:EARLY_STOP_PROBE]))
@@ -404,6 +417,13 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, progress: Progr
     trial.set_user_attr("fail_reason", reason[:1000])
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
     progress.log(f"#{trial.number:<4d} failed: {reason}")
+
+
+def _fail_unless_told(study: optuna.Study, trial: optuna.Trial, reason: str, progress: Progress) -> None:
+    try:
+        _fail(study, trial, reason, progress)
+    except optuna.exceptions.UpdateFinishedTrialError:  # interrupted after the trial was recorded
+        pass
 
 
 def _save_weights(cfg: SearchConfig, number: int, model: torch.nn.Module) -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import nas_kd.trial_loop as trial_loop
+from nas_kd import interrupts
 from nas_kd.search import main
 
 ARGS = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--batch-size", "32"]
@@ -51,15 +52,62 @@ def test_ctrl_c_fails_the_running_trial_exits_130_and_resumes(tmp_path, cache_di
     proc = _start(tmp_path, cache_dir, "int", "--trials", "3", "--epochs", "400")
     number = _wait_for_running_trial(tmp_path, "int", proc)
     time.sleep(1.0)
+    assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, (out[-2000:], err[-4000:])
     assert "interrupted: finished trials are saved" in err and "Traceback" not in err
     t = _load(tmp_path, "int").trials[number]
     assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["fail_reason"] == "interrupted by the user"
     # the same command (shorter training, so the test is quick) resumes the study
     assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "int",
                  "--trials", "1", "--epochs", "400", "--timeout", "0.001"]) == 0
+
+
+def test_ctrl_c_before_training_fails_that_trial_too(tmp_path, cache_dir, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trial_loop, "_screen_cost", interrupted)  # Ctrl-C while the candidate is counted
+    assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "early",
+                 "--trials", "2", "--epochs", "3"]) == 130
+    assert "interrupted: finished trials are saved" in capsys.readouterr().err
+    (last,) = [t for t in _load(tmp_path, "early").trials if t.state != optuna.trial.TrialState.WAITING]
+    assert last.state == optuna.trial.TrialState.FAIL and last.user_attrs["fail_reason"] == "interrupted by the user"
+
+
+@pytest.fixture
+def own_stop_handlers():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def test_a_stop_during_trials_is_raised_at_our_checks_and_a_second_one_at_once(own_stop_handlers):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupts.install()
+    steps = []
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        steps.append("library code goes on")  # e.g. a weakref callback that would have lost the stop
+        interrupts.check()
+        steps.append("not reached")
+    assert steps == ["library code goes on"]
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the second stop does not wait for a check
+        steps.append("not reached")
+    with pytest.raises(KeyboardInterrupt):  # outside the trial loop a stop raises at once
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    assert steps == ["library code goes on"]
+
+
+def test_an_ignored_ctrl_c_stays_ignored(own_stop_handlers):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # how a script's background job starts
+    interrupts.install()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_sigkilled_worker_leaves_no_trial_running_forever(tmp_path, cache_dir):
