@@ -4,9 +4,9 @@ Python raises KeyboardInterrupt wherever the main thread happens to be. Inside a
 library code: a weakref callback (where the interrupt is printed and lost, so training goes on) or
 a lazy import run through ``exec`` (where CPython remembers it and kills the process with SIGINT
 even after we handled it, so the exit code is not ours). Both were seen on this machine when Ctrl-C
-landed in a trial's first second. So while trials run, a stop is only recorded, and raised by
-``check()`` at points of our own (every training step, between the stages of a trial). A second
-Ctrl-C stops at once. Everywhere else a stop raises at once, as usual.
+landed in a trial's first second. So while a network trains (and while search trials run), a stop
+is only recorded, and raised by ``check()`` at points of our own: every training step, between the
+stages of a trial. A second Ctrl-C stops at once. Everywhere else a stop raises at once, as usual.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ def install() -> None:
 def deferred() -> Iterator[None]:
     """Within this block a stop is raised only by ``check()``."""
     global _deferring, _pending
-    _deferring, _pending = True, False
+    outer, _deferring = _deferring, True
     try:
         yield
     finally:
-        _deferring = False
-        if _pending:  # stopped after the last check: still a stop
+        _deferring = outer
+        if _pending and not outer:  # stopped after the last check: still a stop
             _pending = False
             raise KeyboardInterrupt
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nas_kd import interrupts
 from nas_kd.data import Split, dataset_names, default_val_size, load_dataset, split_dataset
 from nas_kd.errors import UserError
 from nas_kd.progress import Progress, format_seconds
@@ -494,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    interrupts.install()  # a stop while a member trains lands between steps; the epoch checkpoint stays
     try:
         split = _split_for(args)
         progress = Progress()

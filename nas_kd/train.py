@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nas_kd import interrupts
 from nas_kd.distill import KDBatch, KDSettings, get_kd_loss, needs_adapter, needs_features, pair_features
 from nas_kd.errors import TrialFailed
 
@@ -132,50 +133,52 @@ def train_model(
     start, step, loss_value = time.perf_counter(), 0, math.nan
     if checkpoint is not None and checkpoint.exists():
         step = _resume(checkpoint, model, opt, sched, g)
-    while step < total_steps:
-        order = torch.randperm(n, generator=g)
-        for i in range(steps_per_epoch):
-            if step >= total_steps:
-                break
-            idx = order[i * bs : (i + 1) * bs]
-            if views is not None:
-                view = torch.randint(0, len(views), (len(idx),), generator=g)
-                xb, target = views[view, idx].to(device), teacher_logits[view, idx]
-            else:
-                xb = augment_batch(x[idx], settings.augment, g).to(device, non_blocking=True)
-                target = teacher_logits[idx] if teacher_logits is not None else None
-            yb = y[idx].to(device, non_blocking=True)
-            xb = xb.contiguous(memory_format=torch.channels_last)
-            if features:
-                s_feats = model.forward_features(xb)
-                with torch.no_grad():
-                    t_feats = teacher.forward_features(xb)
-                loss = loss_fn(KDBatch(
-                    model.classify(s_feats[-1]), yb, teacher_logits=target,
-                    student_features=[adapt(s_feats[si]) for (si, _), adapt in zip(pairs, adapters, strict=True)],
-                    teacher_features=[t_feats[j] for _, j in pairs]), kd)
-            elif kd.uses_teacher:
-                logits = model(xb)
-                if target is None:
+    with interrupts.deferred():  # Ctrl-C stops at a step boundary, never inside torch (see interrupts)
+        while step < total_steps:
+            order = torch.randperm(n, generator=g)
+            for i in range(steps_per_epoch):
+                if step >= total_steps:
+                    break
+                interrupts.check()
+                idx = order[i * bs : (i + 1) * bs]
+                if views is not None:
+                    view = torch.randint(0, len(views), (len(idx),), generator=g)
+                    xb, target = views[view, idx].to(device), teacher_logits[view, idx]
+                else:
+                    xb = augment_batch(x[idx], settings.augment, g).to(device, non_blocking=True)
+                    target = teacher_logits[idx] if teacher_logits is not None else None
+                yb = y[idx].to(device, non_blocking=True)
+                xb = xb.contiguous(memory_format=torch.channels_last)
+                if features:
+                    s_feats = model.forward_features(xb)
                     with torch.no_grad():
-                        target = teacher(xb)
-                loss = loss_fn(KDBatch(logits, yb, teacher_logits=target.to(device)), kd)
-            elif settings.label_smoothing > 0:
-                loss = torch.nn.functional.cross_entropy(model(xb), yb, label_smoothing=settings.label_smoothing)
-            else:
-                loss = loss_fn(KDBatch(model(xb), yb), ce_only)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise TrialFailed(f"loss became {loss_value} at step {step + 1}/{total_steps}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if on_step is not None:
-                on_step(step, total_steps, loss_value)
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, opt, sched, g, step)
+                        t_feats = teacher.forward_features(xb)
+                    loss = loss_fn(KDBatch(
+                        model.classify(s_feats[-1]), yb, teacher_logits=target,
+                        student_features=[adapt(s_feats[si]) for (si, _), adapt in zip(pairs, adapters, strict=True)],
+                        teacher_features=[t_feats[j] for _, j in pairs]), kd)
+                elif kd.uses_teacher:
+                    logits = model(xb)
+                    if target is None:
+                        with torch.no_grad():
+                            target = teacher(xb)
+                    loss = loss_fn(KDBatch(logits, yb, teacher_logits=target.to(device)), kd)
+                elif settings.label_smoothing > 0:
+                    loss = torch.nn.functional.cross_entropy(model(xb), yb, label_smoothing=settings.label_smoothing)
+                else:
+                    loss = loss_fn(KDBatch(model(xb), yb), ce_only)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise TrialFailed(f"loss became {loss_value} at step {step + 1}/{total_steps}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                if on_step is not None:
+                    on_step(step, total_steps, loss_value)
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, model, opt, sched, g, step)
     return TrainResult(seconds=time.perf_counter() - start, steps=step, final_loss=loss_value)
 
 

@@ -398,7 +398,6 @@ def _train_candidate(run: Run, model: torch.nn.Module, kd: KDSettings, number: i
     mid: list[float] = []
 
     def on_step(step: int, total: int, _loss: float) -> None:
-        interrupts.check()
         show(f"#{number} training {step / total:.0%}")
         if run.cfg.early_stop and step == total // 2 and step > 0:
             mid.append(accuracy(model, run.split.x_val[:EARLY_STOP_PROBE], run.split.y_val[:EARLY_STOP_PROBE]))

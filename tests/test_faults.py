@@ -104,6 +104,26 @@ def test_a_stop_during_trials_is_raised_at_our_checks_and_a_second_one_at_once(o
     assert steps == ["library code goes on"]
 
 
+def test_ctrl_c_while_a_network_trains_stops_it_at_the_next_step(own_stop_handlers):
+    from nas_kd.train import TrainSettings, train_model
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupts.install()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.randn(64, 1, 4, 4), torch.randint(0, 3, (64,))
+    steps = []
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        steps.append(step)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("the code the stop landed in ran to its end")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(model, x, y, TrainSettings(epochs=5, batch_size=8), on_step=on_step)
+    assert steps == [1, 2, 3, "the code the stop landed in ran to its end"]  # and step 4 never ran
+
+
 def test_an_ignored_ctrl_c_stays_ignored(own_stop_handlers):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # how a script's background job starts
     interrupts.install()
