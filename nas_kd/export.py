@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -44,6 +45,11 @@ from nas_kd.train import AUGMENTATIONS, TrainSettings, accuracy, train_model
 # default: flips and 2-pixel shifts are not label-preserving everywhere (digits, 8×8 images).
 DEFAULT_AUGMENT = {"fashion-mnist": "crop-flip"}
 DEFAULT_KD_TARGETS = "clean"
+# 20 epochs, and at least 1000 SGD steps: on small data 20 epochs are fewer steps than a search trial
+# took (digits: 160 vs 300). Chosen on digits' validation split, 32.9k-FLOP student, KD, 2 seeds:
+# 160 steps 96.3%, 900 steps 98.5%, 1800 steps 98.5%. Fashion-MNIST's 20 epochs are 8,600 steps.
+EXPORT_EPOCHS = 20
+EXPORT_MIN_STEPS = 1000
 
 ONNX_TOLERANCE = 1e-4
 
@@ -194,7 +200,14 @@ def _train_student(spec: ArchSpec, split: Split, settings: TrainSettings, kd: KD
     return model, result.seconds
 
 
-def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs: float, ablation: bool,
+def export_epochs(n_images: int, batch_size: int) -> float:
+    """The default retraining length: ``EXPORT_EPOCHS``, or more epochs when those give fewer than
+    ``EXPORT_MIN_STEPS`` steps."""
+    steps_per_epoch = max(1, n_images // batch_size)
+    return float(max(EXPORT_EPOCHS, math.ceil(EXPORT_MIN_STEPS / steps_per_epoch)))
+
+
+def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs: float | None, ablation: bool,
                  augment: str | None = None, kd_targets_mode: str = DEFAULT_KD_TARGETS, seed: int | None = None,
                  data_dir: str | None = None, cache_dir: str | None = None,
                  progress: Progress | None = None) -> ExportResult:
@@ -212,6 +225,8 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
         raise UserError(f"unknown augmentation {augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
     if kd_targets_mode not in KD_TARGETS:
         raise UserError(f"unknown KD targets {kd_targets_mode!r}: choose one of {', '.join(KD_TARGETS)}")
+    if epochs is None:
+        epochs = export_epochs(len(split.y_train), base.batch_size)
     settings = TrainSettings(**{**asdict(base), "epochs": epochs, "augment": augment,
                                 "seed": base.seed if seed is None else seed})
     targets, teacher_info = {}, None
@@ -326,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--trial", type=int, help="trial number to export")
     group.add_argument("--pick", default="best", help="best (default), knee, or max-acc-under:BUDGET (e.g. :2M)")
-    p.add_argument("--epochs", type=float, default=20, help="KD training epochs on the whole training split (20)")
+    p.add_argument("--epochs", type=float, help=f"KD training epochs on the whole training split (default "
+                   f"{EXPORT_EPOCHS}, or more on small data: at least {EXPORT_MIN_STEPS} steps)")
     p.add_argument("--ablation", action="store_true", help="also train the same architecture from labels only")
     p.add_argument("--augment", help=f"{', '.join(AUGMENTATIONS)} (default: crop-flip for fashion-mnist, "
                    "none for other data)")

@@ -118,3 +118,17 @@ def test_pick_rules():
     assert pick_trial(recs, pick="max-acc-under:500k").number == 1
     assert pick_trial(recs, pick="knee").number == 1
     assert pick_trial(recs, trial=4).number == 4
+
+
+def test_default_retraining_is_20_epochs_and_at_least_1000_steps(study_dir, cache_dir):
+    from nas_kd.export import export_epochs
+
+    assert export_epochs(55_000, 128) == 20  # Fashion-MNIST: 8,580 steps already
+    assert export_epochs(1146, 128) == 125  # digits: 8 steps an epoch
+    out = study_dir / "default-epochs"
+    assert export_main(["--study-name", "ex", "--studies-dir", str(study_dir), "--cache-dir", str(cache_dir),
+                        "--threads", "2", "--out", str(out)]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    steps_per_epoch = card["dataset"]["train_size"] // card["training"]["batch_size"]
+    assert card["training"]["epochs"] == export_epochs(card["dataset"]["train_size"], card["training"]["batch_size"])
+    assert 1000 <= card["training"]["epochs"] * steps_per_epoch < 1000 + steps_per_epoch
