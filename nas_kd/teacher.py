@@ -86,8 +86,13 @@ RECIPES: dict[str, dict[str, TeacherRecipe]] = {
         ),
     },
 }
-# Fashion-MNIST's default ships with the package (2 × 2 h of training on this kind of machine).
-DEFAULT_RECIPE = {"fashion-mnist": "strong", "digits": "quick", "tiny": "quick"}
+# A dataset's default teacher: one recipe, or several whose logits are averaged with a weight per
+# recipe (a recipe's own members are averaged first). Fashion-MNIST's ships with the package.
+DEFAULT_TEACHER: dict[str, tuple[tuple[str, ...], tuple[float, ...] | None]] = {
+    "fashion-mnist": (("strong",), None),
+    "digits": (("quick",), None),
+    "tiny": (("quick",), None),
+}
 GENERIC_MIN_STEPS = 1000
 
 
@@ -103,8 +108,9 @@ def recipes_for(dataset: str, n_train: int | None = None) -> dict[str, TeacherRe
     )}
 
 
-def default_recipe(dataset: str) -> str:
-    return DEFAULT_RECIPE.get(dataset, "quick")
+def default_teacher(dataset: str) -> tuple[tuple[str, ...], tuple[float, ...] | None]:
+    """The recipes (and their weights) of the teacher used when no ``--teacher`` is given."""
+    return DEFAULT_TEACHER.get(dataset, (("quick",), None))
 
 
 class EnsembleTeacher(nn.Module):
@@ -201,7 +207,12 @@ def teacher_key(dataset: str, recipe_name: str, recipe: TeacherRecipe, split: Sp
 
 def _recipe(dataset: str, name: str | None, n_train: int | None = None) -> tuple[str, TeacherRecipe]:
     recipes = recipes_for(dataset, n_train)
-    name = name or default_recipe(dataset)
+    if name is None:
+        names = default_teacher(dataset)[0]
+        if len(names) > 1:
+            raise UserError(f"the default {dataset} teacher averages recipes {', '.join(names)}: "
+                            "name one with --recipe")
+        name = names[0]
     if name not in recipes:
         raise UserError(f"unknown teacher recipe {name!r} for {dataset}: choose one of {', '.join(recipes)}")
     return name, recipes[name]
@@ -265,8 +276,8 @@ def check_teacher_sources(dataset: str, sources: tuple[str, ...], weights: tuple
     """Refuse unknown recipes, missing teacher files and mismatched weights before any work starts."""
     from nas_kd.external_teacher import is_external, is_factory
 
-    for name in sources or (None,):
-        if name is not None and is_external(name):
+    for name in sources or default_teacher(dataset)[0]:
+        if is_external(name):
             if not is_factory(name) and not Path(name).is_file():
                 raise UserError(f"teacher file {name} does not exist")
         else:
@@ -288,14 +299,17 @@ def load_teacher(
 ) -> Teacher:
     """The teacher a search names with ``--teacher`` (repeatable): a recipe or a brought teacher
     (TorchScript, ONNX, factory + weights), or several whose logits are averaged with ``weights``
-    (equal by default). No source: the dataset's default teacher."""
+    (equal by default). No source: the dataset's default teacher (itself possibly several recipes)."""
     from nas_kd.external_teacher import is_external, is_factory, load_external
 
     check_teacher_sources(split.description["dataset"], sources, weights, weight_files)
+    if not sources:
+        sources, default_weights = default_teacher(split.description["dataset"])
+        weights = default_weights if len(sources) > 1 else None
     files = iter(weight_files)
     parts = []
-    for source in tuple(sources) or (None,):
-        if source is not None and is_external(source):
+    for source in sources:
+        if is_external(source):
             model, info = load_external(source, next(files) if is_factory(source) else None,
                                         teacher_input=teacher_input, split=split)
             info.update(dataset=split.description["dataset"], recipe_name=source, split=split.description,
@@ -316,15 +330,19 @@ def load_teacher(
     info = {
         "key": "+".join(t.info["key"] for t in parts) + ("" if weights is None else f"@{','.join(map(str, w))}"),
         "dataset": parts[0].info["dataset"], "recipe_name": "+".join(t.info["recipe_name"] for t in parts),
-        "arch": [t.info["arch"] for t in parts], "weights": w,
+        "parts": [t.info["key"] for t in parts], "arch": [t.info["arch"] for t in parts], "weights": w,
         "members": [m for t in parts for m in t.info["members"]], "split": parts[0].info["split"],
         "sha256": hashlib.sha256(shas.encode()).hexdigest(),
         "train_seconds": round(sum(t.info["train_seconds"] for t in parts), 1),
         "params": sum(t.info["params"] for t in parts),
         "flops": None if any(t.info["flops"] is None for t in parts) else sum(t.info["flops"] for t in parts),
-        "val_accuracy": accuracy(model, split.x_val, split.y_val),
-        "test_accuracy": accuracy(model, split.x_test, split.y_test),
     }
+    if any(is_external(s) for s in sources):  # a brought teacher's logits also depend on --teacher-input
+        info.update(val_accuracy=accuracy(model, split.x_val, split.y_val),
+                    test_accuracy=accuracy(model, split.x_test, split.y_test))
+    else:  # recipes only: measured once per split, like a recipe's own members
+        folder = Path(cache_dir or default_cache_dir()) / "teachers" / "ensembles"
+        info.update(_ensemble_accuracy(model, split, folder / f"{info['sha256'][:16]}.json"))
     (progress or Progress(quiet=True)).log(
         f"teacher: ensemble of {len(parts)} ({info['recipe_name']}, weights {w}): val {info['val_accuracy']:.2%}")
     return Teacher(model, info)
@@ -348,7 +366,7 @@ def _member(split: Split, rec: TeacherRecipe, seed: int, stem: Path, progress: P
     if not train:
         dataset = split.description["dataset"]
         recipe = next(n for n, r in recipes_for(dataset, len(split.y_train)).items() if r == rec)
-        extra = "" if recipe == default_recipe(dataset) else f" --recipe {recipe}"
+        extra = "" if (recipe,) == default_teacher(dataset)[0] else f" --recipe {recipe}"
         raise UserError(f"no trained teacher {label}: run python -m nas_kd.teacher train --dataset {dataset}{extra}")
     resumed = " (resuming)" if ckpt.exists() else ""
     progress.log(f"teacher: training {label}{resumed}: {rec.train.epochs:g} epochs; cached for later runs")
@@ -507,14 +525,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         split = _split_for(args)
         progress = Progress()
-        if len(args.recipe) > 1 and (args.member is not None or args.command == "ship"):
-            raise UserError(f"{'--member' if args.member is not None else 'ship'} takes one --recipe")
+        if len(args.recipe) > 1 and args.member is not None:
+            raise UserError("--member takes one --recipe")
         if args.command == "train" and args.member is not None:
             return _train_one_member(split, args, progress)
         teacher = load_teacher(split, tuple(args.recipe), seed=args.seed, cache_dir=args.cache_dir,
                                progress=progress, train=args.command == "train")
-        if args.command == "ship":
-            print(f"shipped {teacher.info['key']} to {ship_teacher(teacher.info['key'], args.cache_dir)}")
+        if args.command == "ship":  # a default of several recipes ships each of them
+            for key in teacher.info.get("parts", [teacher.info["key"]]):
+                print(f"shipped {key} to {ship_teacher(key, args.cache_dir)}")
             return 0
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -531,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     members = info["members"]
     print(f"teacher: {info['key']}")
     averaged = " (logits averaged)" if len(members) > 1 else ""
+    if "parts" in info:
+        averaged = f" (logits averaged; recipes {info['recipe_name']} weighted {info['weights']})"
     archs = dict.fromkeys(json.dumps(m["arch"]) for m in members)
     print(f"architecture: {len(members)} member(s) of {' / '.join(archs)}{averaged}")
     shipped = all(m.get("shipped") for m in members)

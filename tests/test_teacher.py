@@ -163,6 +163,29 @@ def test_search_with_two_teachers_distils_from_their_weighted_average(tmp_path, 
     assert search_main([*args[:-1], "1,1"]) == 2
 
 
+def test_a_default_of_several_recipes_is_their_weighted_ensemble(split, cache_dir, monkeypatch, tmp_path, capsys):
+    from nas_kd.teacher import load_teacher
+
+    named = load_teacher(split, ("quick", "ensemble"), (2.0, 1.0), cache_dir=cache_dir)
+    monkeypatch.setitem(teacher_mod.DEFAULT_TEACHER, "tiny", (("quick", "ensemble"), (2.0, 1.0)))
+    default = load_teacher(split, (), cache_dir=cache_dir, train=False)
+    assert default.info["sha256"] == named.info["sha256"] and len(default.info["parts"]) == 2
+    assert torch.allclose(default.model(split.x_val), named.model(split.x_val), atol=1e-6)
+    assert default.info["val_accuracy"] == pytest.approx(accuracy(named.model, split.x_val, split.y_val))
+    assert main(["show", "--dataset", "tiny", "--cache-dir", str(cache_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "recipes quick+ensemble weighted [2.0, 1.0]" in out and "3 member(s)" in out
+    # one member of which recipe? the command must say
+    assert main(["train", "--dataset", "tiny", "--member", "0", "--cache-dir", str(cache_dir)]) == 2
+    assert "averages recipes quick, ensemble: name one with --recipe" in capsys.readouterr().err
+    # shipping the default ships every recipe it averages
+    monkeypatch.setenv("NAS_KD_SHIPPED_DIR", str(tmp_path / "shipped"))
+    assert main(["ship", "--dataset", "tiny", "--cache-dir", str(cache_dir)]) == 0
+    manifest = json.loads((tmp_path / "shipped" / "MANIFEST.json").read_text())
+    assert sorted(manifest) == sorted(default.info["parts"])
+    assert sorted(len(members) for members in manifest.values()) == [1, 2]
+
+
 def _student(split):
     from nas_kd.arch import ArchSpec, StageSpec
     from nas_kd.builder import build_student
