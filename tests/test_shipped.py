@@ -30,6 +30,16 @@ def test_every_shipped_file_matches_the_manifest_and_loads_weights_only():
     assert total < 20 * 2**20
 
 
+def test_every_recipe_of_the_fashion_mnist_default_ships_with_all_its_members():
+    from nas_kd.teacher import RECIPES, default_teacher
+
+    manifest = shipped_manifest()
+    for recipe in default_teacher("fashion-mnist")[0]:
+        keys = [k for k in manifest if k.startswith(f"fashion-mnist-{recipe}-")]
+        assert len(keys) == 1, f"recipe {recipe} of the default teacher is not shipped"
+        assert len(manifest[keys[0]]) == RECIPES["fashion-mnist"][recipe].members
+
+
 def test_teacher_show_uses_the_shipped_teacher_and_measures_it(tmp_path, capsys):
     assert main(["show", "--dataset", "tiny", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
