@@ -366,7 +366,7 @@ def _member(split: Split, rec: TeacherRecipe, seed: int, stem: Path, progress: P
     if not train:
         dataset = split.description["dataset"]
         recipe = next(n for n, r in recipes_for(dataset, len(split.y_train)).items() if r == rec)
-        extra = "" if (recipe,) == default_teacher(dataset)[0] else f" --recipe {recipe}"
+        extra = "" if recipe in default_teacher(dataset)[0] else f" --recipe {recipe}"  # plain train: whole default
         raise UserError(f"no trained teacher {label}: run python -m nas_kd.teacher train --dataset {dataset}{extra}")
     resumed = " (resuming)" if ckpt.exists() else ""
     progress.log(f"teacher: training {label}{resumed}: {rec.train.epochs:g} epochs; cached for later runs")
