@@ -17,7 +17,6 @@ pytestmark = pytest.mark.shipped
 def test_every_shipped_file_matches_the_manifest_and_loads_weights_only():
     manifest = shipped_manifest()
     assert manifest, "the package ships no teacher"
-    total = 0
     for key, members in manifest.items():
         for member, info in members.items():
             path = shipped_dir() / key / f"{member}.pt"
@@ -26,7 +25,7 @@ def test_every_shipped_file_matches_the_manifest_and_loads_weights_only():
             model = build_teacher(info["arch"], state["stem.0.weight"].shape[1], state["fc.weight"].shape[0])
             model.load_state_dict(state)  # strict: the recorded architecture is the shipped one
             assert sum(p.numel() for p in model.parameters()) == info["params"]
-            total += path.stat().st_size
+    total = sum(f.stat().st_size for f in shipped_dir().rglob("*") if f.is_file())  # weights and logits
     assert total < 20 * 2**20
 
 
@@ -57,6 +56,51 @@ def test_a_fresh_machine_searches_with_the_shipped_teacher_at_once(tmp_path, cap
     assert "teacher: training" not in capsys.readouterr().err
     study = optuna.load_study(study_name="tiny-150kFLOPs", storage=f"sqlite:///{tmp_path / 'tiny-150kFLOPs.db'}")
     assert study.user_attrs["nas_kd.teacher"]["key"] in shipped_manifest()
+    assert not list((tmp_path / "empty-cache").rglob("train-logits-*"))  # the shipped logits were used
+
+
+def _tiny_split():
+    from nas_kd.data import default_val_size, load_dataset, split_dataset
+
+    data = load_dataset("tiny")
+    return split_dataset(data, val_size=default_val_size(len(data.y_train)), seed=0)
+
+
+def test_shipped_logits_are_the_shipped_teachers_own_and_cover_the_fashion_mnist_default(tmp_path):
+    from nas_kd.teacher import LOGITS_DIR, load_teacher, shipped_manifest_of, teacher_logits
+    from nas_kd.train import predict_logits
+
+    folder = shipped_dir() / LOGITS_DIR
+    manifest = shipped_manifest_of(folder)
+    for name, entry in manifest.items():
+        assert sha256_file(folder / name) == entry["sha256"]
+        assert list(torch.load(folder / name, weights_only=True).shape) == entry["shape"]
+    default = [e for e in manifest.values() if e["teacher"].startswith("fashion-mnist-strong-")]
+    assert len(default) == 1 and default[0]["shape"] == [55000, 10]
+    split = _tiny_split()
+    teacher = load_teacher(split, cache_dir=tmp_path, train=False)
+    shipped = teacher_logits(teacher, split, cache_dir=tmp_path)
+    assert torch.allclose(shipped, predict_logits(teacher.model, split.x_train), atol=1e-5)
+
+
+def test_tampered_shipped_logits_are_refused_with_exit_2(tmp_path, monkeypatch, capsys):
+    from nas_kd.teacher import LOGITS_DIR
+
+    copy = tmp_path / "shipped"
+    shutil.copytree(shipped_dir(), copy)
+    name = next(n for n, e in json.loads((copy / LOGITS_DIR / MANIFEST).read_text()).items()
+                if e["teacher"].startswith("tiny-"))
+    logits = copy / LOGITS_DIR / name
+    data = bytearray(logits.read_bytes())
+    data[-30] ^= 0xFF
+    logits.write_bytes(bytes(data))
+    monkeypatch.setenv("NAS_KD_SHIPPED_DIR", str(copy))
+    args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "1", "--batch-size", "32",
+            "--trials", "1", "--studies-dir", str(tmp_path / "studies"), "--cache-dir", str(tmp_path / "cache")]
+    assert search_main(args) == 2
+    err = capsys.readouterr().err
+    assert "shipped teacher logits" in err and "SHA-256" in err and "reinstall" in err
+    assert "Traceback" not in err
 
 
 def test_a_tampered_shipped_teacher_is_refused_with_exit_2(tmp_path, monkeypatch, capsys):
