@@ -246,15 +246,22 @@ def load_or_train_teacher(
     if len(members) == 1:
         info.update(val_accuracy=infos[0]["val_accuracy"], test_accuracy=infos[0]["test_accuracy"])
     else:
-        info.update(_ensemble_accuracy(model, split, folder / f"ensemble-{info['sha256'][:12]}.json"))
+        info.update(_ensemble_accuracy(model, split, folder / f"ensemble-{info['sha256'][:12]}.json", info["sha256"]))
     progress.log(f"teacher: {key} (val {info['val_accuracy']:.2%}, test {info['test_accuracy']:.2%})")
     return Teacher(model.eval(), info)
 
 
-def _ensemble_accuracy(model: nn.Module, split: Split, path: Path) -> dict:
+ACCURACY = "ensemble-accuracy.json"  # shipped: measured accuracy of the shipped ensembles, by SHA-256
+
+
+def _ensemble_accuracy(model: nn.Module, split: Split, path: Path, sha256: str) -> dict:
     """An ensemble's validation and test accuracy, measured once per split and cached beside its
-    members (measuring a 74-MFLOP ensemble on 15k images took a minute of every search's start)."""
+    members (measuring a 74-MFLOP ensemble on 15k images took a minute of every search's start);
+    shipped ensembles ship their measurement too."""
     which = split.identity
+    shipped = shipped_manifest_of(shipped_dir() / LOGITS_DIR, ACCURACY).get(sha256, {})
+    if shipped.get("split") == which:
+        return {k: float(shipped[k]) for k in ("val_accuracy", "test_accuracy")}
     try:
         cached = json.loads(path.read_text())
         if cached.get("split") == which:
@@ -342,7 +349,7 @@ def load_teacher(
                     test_accuracy=accuracy(model, split.x_test, split.y_test))
     else:  # recipes only: measured once per split, like a recipe's own members
         folder = Path(cache_dir or default_cache_dir()) / "teachers" / "ensembles"
-        info.update(_ensemble_accuracy(model, split, folder / f"{info['sha256'][:16]}.json"))
+        info.update(_ensemble_accuracy(model, split, folder / f"{info['sha256'][:16]}.json", info["sha256"]))
     (progress or Progress(quiet=True)).log(
         f"teacher: ensemble of {len(parts)} ({info['recipe_name']}, weights {w}): val {info['val_accuracy']:.2%}")
     return Teacher(model, info)
@@ -450,13 +457,15 @@ def _shipped_logits(teacher: Teacher, split: Split) -> torch.Tensor | None:
     return logits if logits.shape == (len(split.y_train), split.num_classes) else None
 
 
-def shipped_manifest_of(folder: Path) -> dict:
-    path = folder / MANIFEST
+def shipped_manifest_of(folder: Path, name: str = MANIFEST) -> dict:
+    path = folder / name
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def ship_logits(teacher: Teacher, split: Split, cache_dir: Path | str | None = None) -> Path:
-    """Copy ``teacher``'s training-split logits into the package (maintainers), hashed in its manifest."""
+def ship_logits(teacher: Teacher, split: Split, cache_dir: Path | str | None = None,
+                parts: tuple[Teacher, ...] = ()) -> Path:
+    """Copy ``teacher``'s training-split logits into the package (maintainers), hashed in its manifest,
+    with the measured accuracy of it and of its ``parts`` where they are ensembles."""
     logits = teacher_logits(teacher, split, cache_dir=cache_dir)
     folder = shipped_dir() / LOGITS_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -466,6 +475,12 @@ def ship_logits(teacher: Teacher, split: Split, cache_dir: Path | str | None = N
     manifest[path.name] = {"teacher": teacher.info["key"], "teacher_sha256": teacher.info["sha256"],
                            "split": split.identity, "shape": list(logits.shape), "sha256": sha256_file(path)}
     _write_json(folder / MANIFEST, manifest)
+    accuracies = shipped_manifest_of(folder, ACCURACY)
+    for part in [teacher.info, *(t.info for t in parts)]:
+        if len(part["members"]) > 1:  # an ensemble's accuracy is measured at load, not recorded with weights
+            accuracies[part["sha256"]] = {"teacher": part["key"], "split": split.identity,
+                                          "val_accuracy": part["val_accuracy"], "test_accuracy": part["test_accuracy"]}
+    _write_json(folder / ACCURACY, accuracies)
     return path
 
 
@@ -589,7 +604,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{key} is shipped already")
                 else:
                     print(f"shipped {key} to {ship_teacher(key, args.cache_dir)}")
-            print(f"shipped its logits to {ship_logits(teacher, split, args.cache_dir)}")
+            recipes = tuple(args.recipe) or default_teacher(split.description["dataset"])[0]
+            members = tuple(load_teacher(split, (r,), seed=args.seed, cache_dir=args.cache_dir, train=False)
+                            for r in recipes) if len(recipes) > 1 else ()
+            print(f"shipped its logits to {ship_logits(teacher, split, args.cache_dir, members)}")
             return 0
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

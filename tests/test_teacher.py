@@ -1,6 +1,7 @@
 """Teachers on the generated 'tiny' set: caching, hash checks, ensembles, resumable training, CLI."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -64,6 +65,26 @@ def test_an_ensembles_accuracy_is_measured_once_per_split(split, cache_dir, monk
     cached.write_text(cached.read_text().replace('"split_seed": 0', '"split_seed": 9'))  # another split's
     with pytest.raises(pytest.fail.Exception, match="measured again"):
         load_or_train_teacher(split, recipe="ensemble", cache_dir=cache_dir, train=False)
+
+
+def test_a_shipped_ensembles_recorded_accuracy_is_used_for_its_own_split_only(split, cache_dir, tmp_path,
+                                                                              monkeypatch):
+    first = load_or_train_teacher(split, recipe="ensemble", cache_dir=cache_dir)
+    shipped = tmp_path / "shipped" / teacher_mod.LOGITS_DIR
+    shipped.mkdir(parents=True)
+    record = {"split": split.identity, "val_accuracy": 0.123, "test_accuracy": 0.456}
+    (shipped / teacher_mod.ACCURACY).write_text(json.dumps({first.info["sha256"]: record}))
+    monkeypatch.setenv("NAS_KD_SHIPPED_DIR", str(tmp_path / "shipped"))
+    monkeypatch.setattr(teacher_mod, "accuracy", lambda *a, **k: pytest.fail("measured again"))
+    fresh_cache = tmp_path / "cache"
+    shutil.copytree(cache_dir / "teachers" / first.info["key"], fresh_cache / "teachers" / first.info["key"],
+                    ignore=shutil.ignore_patterns("ensemble-*.json"))  # its members, not its measured accuracy
+    again = load_or_train_teacher(split, recipe="ensemble", cache_dir=fresh_cache, train=False)
+    assert (again.info["val_accuracy"], again.info["test_accuracy"]) == (0.123, 0.456)
+    record["split"] = {**split.identity, "split_seed": 9}  # recorded for another split: not used
+    (shipped / teacher_mod.ACCURACY).write_text(json.dumps({first.info["sha256"]: record}))
+    with pytest.raises(pytest.fail.Exception, match="measured again"):
+        load_or_train_teacher(split, recipe="ensemble", cache_dir=fresh_cache, train=False)
 
 
 def test_training_resumes_exactly_after_an_interruption(split, tmp_path):
