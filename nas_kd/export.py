@@ -264,7 +264,7 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
             "test_accuracy": accuracy(model, split.x_test, split.y_test),
             "teacher": teacher_info, "kd": asdict(kd), "kd_loss": kd.describe(), "training": asdict(settings),
             "kd_targets": kd_targets_mode if kd.uses_teacher else None,
-            "train_seconds": round(seconds, 1),
+            "train_seconds": round(seconds, 3),
         }
         progress.log(f"export: KD student test accuracy {card['test_accuracy']:.2%} (val {card['val_accuracy']:.2%}) "
                      f"after {format_seconds(seconds)}")
@@ -274,7 +274,7 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
             card["ablation"] = {
                 "labels_only_test_accuracy": accuracy(plain, split.x_test, split.y_test),
                 "labels_only_val_accuracy": accuracy(plain, split.x_val, split.y_val),
-                "labels_only_train_seconds": round(plain_s, 1),
+                "labels_only_train_seconds": round(plain_s, 3),
             }
             card["ablation"]["kd_gain_points"] = round(
                 100 * (card["test_accuracy"] - card["ablation"]["labels_only_test_accuracy"]), 2)
