@@ -397,7 +397,7 @@ def _member(split: Split, rec: TeacherRecipe, seed: int, stem: Path, progress: P
         "split": split.identity,
         "val_accuracy": accuracy(model, split.x_val, split.y_val),
         "test_accuracy": accuracy(model, split.x_test, split.y_test),
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(seconds, 3),
         "params": sum(p.numel() for p in model.parameters()),
         "flops": count_flops(model, split.input_shape),
     }

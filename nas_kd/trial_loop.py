@@ -324,7 +324,7 @@ def _run_trials(run: Run, progress: Progress) -> dict:
             unexpected = 0
             trial.set_user_attr("status", "trained")
             trial.set_user_attr("val_accuracy", val_acc)
-            trial.set_user_attr("train_seconds", round(seconds, 2))
+            trial.set_user_attr("train_seconds", round(seconds, 3))
             if mid is not None:
                 trial.set_user_attr("mid_val", mid)
                 gains.append(val_acc - mid)
