@@ -160,7 +160,12 @@ def shipped_dir() -> Path:
 
 
 def shipped_manifest() -> dict:
-    path = shipped_dir() / MANIFEST
+    return shipped_manifest_of(shipped_dir())
+
+
+def shipped_manifest_of(folder: Path, name: str = MANIFEST) -> dict:
+    """A JSON record shipped in ``folder`` (the teachers' manifest by default); empty if absent."""
+    path = folder / name
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -455,11 +460,6 @@ def _shipped_logits(teacher: Teacher, split: Split) -> torch.Tensor | None:
         )
     logits = torch.load(path, map_location="cpu", weights_only=True)
     return logits if logits.shape == (len(split.y_train), split.num_classes) else None
-
-
-def shipped_manifest_of(folder: Path, name: str = MANIFEST) -> dict:
-    path = folder / name
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def ship_logits(teacher: Teacher, split: Split, cache_dir: Path | str | None = None,
