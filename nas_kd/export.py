@@ -2,12 +2,14 @@
 
 The export folder holds the spec (JSON), weights (safetensors), TorchScript, ONNX (checked against
 onnxruntime), and a model card (Markdown + JSON) with cost, accuracy and latency measured here.
-It is written to a temporary folder and moved into place, so a failed export leaves nothing behind.
+It is written to a temporary folder and moved into place, so a failed export leaves no folder behind;
+its trainings are checkpointed every epoch, and the same command resumes an interrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -187,17 +189,31 @@ def load_student(folder: str | Path) -> nn.Module:
 
 
 def _train_student(spec: ArchSpec, split: Split, settings: TrainSettings, kd: KDSettings,
-                   targets: dict, progress: Progress, label: str) -> tuple[nn.Module, float]:
+                   targets: dict, progress: Progress, label: str, checkpoint: Path | None) -> tuple[nn.Module, float]:
     torch.manual_seed(settings.seed)
     model = build_student(spec).to(memory_format=torch.channels_last)
+    if checkpoint is not None and checkpoint.exists():
+        progress.log(f"export: resuming {label} from {checkpoint}")
     start = time.perf_counter()
 
     def on_step(step: int, total: int, loss: float) -> None:
         progress.status(f"{label}: step {step}/{total} ({step / total:.0%}) loss {loss:.3f} "
                         f"elapsed {format_seconds(time.perf_counter() - start)}")
 
-    result = train_model(model, split.x_train, split.y_train, settings, kd=kd, on_step=on_step, **targets)
+    result = train_model(model, split.x_train, split.y_train, settings, kd=kd, on_step=on_step,
+                         checkpoint=checkpoint, **targets)
     return model, result.seconds
+
+
+def resume_folder(out: Path) -> Path:
+    """Where an export's trainings keep their per-epoch checkpoints until the export folder is written."""
+    return out.parent / f".{out.name}.resume"
+
+
+def _checkpoint_file(out: Path, label: str, **run: object) -> Path:
+    """A checkpoint named by everything that shapes the training, so a changed command starts afresh."""
+    key = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return resume_folder(out) / f"{label}-{key}.pt"
 
 
 def export_epochs(n_images: int, batch_size: int) -> float:
@@ -252,7 +268,11 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
     try:
         progress.log(f"export: trial {record.number} ({spec.summary()}), {kd.describe()}, {epochs:g} epochs "
                      f"on {len(split.y_train)} images")
-        model, seconds = _train_student(spec, split, settings, kd, targets, progress, "KD training")
+        run = {"spec": spec.to_dict(), "settings": asdict(settings), "dataset": split.description,
+               "teacher": teacher_info and teacher_info["sha256"], "kd_targets": kd_targets_mode}
+        # feature losses train adapters that are not checkpointed (train_model refuses them)
+        kd_ckpt = None if needs_features(kd.loss) else _checkpoint_file(out, "kd", kd=asdict(kd), **run)
+        model, seconds = _train_student(spec, split, settings, kd, targets, progress, "KD training", kd_ckpt)
         cost = count_cost(model, split.input_shape)
         card = {
             "trial": record.number, "study": study.study_name, "architecture": spec.summary(), "spec": spec.to_dict(),
@@ -270,7 +290,8 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
                      f"after {format_seconds(seconds)}")
         if ablation:
             labels_only = KDSettings(loss=kd.loss, temperature=kd.temperature, alpha=0.0)
-            plain, plain_s = _train_student(spec, split, settings, labels_only, {}, progress, "label-only training")
+            plain, plain_s = _train_student(spec, split, settings, labels_only, {}, progress, "label-only training",
+                                            _checkpoint_file(out, "labels", **run))
             card["ablation"] = {
                 "labels_only_test_accuracy": accuracy(plain, split.x_test, split.y_test),
                 "labels_only_val_accuracy": accuracy(plain, split.x_val, split.y_val),
@@ -287,8 +308,9 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
+        shutil.rmtree(resume_folder(out), ignore_errors=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # the checkpoints stay: the same command resumes from them
         raise
     return ExportResult(out, card)
 
@@ -367,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: nothing was written", file=sys.stderr)
+        print("\ninterrupted: no export was written; training is checkpointed every epoch, so the same "
+              "command resumes it", file=sys.stderr)
         return 130
     c = result.card
     print(f"exported trial {c['trial']} to {result.folder}: {format_quantity(c['flops'])} FLOPs, "

@@ -131,8 +131,9 @@ def train_model(
     ce_only = KDSettings(alpha=0.0)
     model.train()
     start, step, loss_value = time.perf_counter(), 0, math.nan
+    earlier_seconds = 0.0  # training time of the runs this one resumes, so seconds cover the whole training
     if checkpoint is not None and checkpoint.exists():
-        step = _resume(checkpoint, model, opt, sched, g)
+        step, earlier_seconds = _resume(checkpoint, model, opt, sched, g)
     with interrupts.deferred():  # Ctrl-C stops at a step boundary, never inside torch (see interrupts)
         while step < total_steps:
             order = torch.randperm(n, generator=g)
@@ -178,8 +179,8 @@ def train_model(
                 if on_step is not None:
                     on_step(step, total_steps, loss_value)
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, model, opt, sched, g, step)
-    return TrainResult(seconds=time.perf_counter() - start, steps=step, final_loss=loss_value)
+                _save_checkpoint(checkpoint, model, opt, sched, g, step, earlier_seconds + time.perf_counter() - start)
+    return TrainResult(seconds=earlier_seconds + time.perf_counter() - start, steps=step, final_loss=loss_value)
 
 
 class _Adapter(nn.Module):
@@ -210,21 +211,23 @@ def _feature_pairs(model: nn.Module, teacher: nn.Module, x: torch.Tensor, loss: 
     return pairs, adapters
 
 
-def _save_checkpoint(path: Path, model: nn.Module, opt, sched, g: torch.Generator, step: int) -> None:  # noqa: ANN001
+def _save_checkpoint(path: Path, model: nn.Module, opt, sched, g: torch.Generator, step: int,  # noqa: ANN001
+                     seconds: float) -> None:
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-             "rng": g.get_state(), "step": step}
+             "rng": g.get_state(), "step": step, "seconds": seconds}
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
 
 
-def _resume(path: Path, model: nn.Module, opt, sched, g: torch.Generator) -> int:  # noqa: ANN001
+def _resume(path: Path, model: nn.Module, opt, sched, g: torch.Generator) -> tuple[int, float]:  # noqa: ANN001
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     g.set_state(state["rng"])
-    return int(state["step"])
+    return int(state["step"]), float(state.get("seconds", 0.0))
 
 
 @torch.inference_mode()

@@ -132,3 +132,39 @@ def test_default_retraining_is_20_epochs_and_at_least_1000_steps(study_dir, cach
     steps_per_epoch = card["dataset"]["train_size"] // card["training"]["batch_size"]
     assert card["training"]["epochs"] == export_epochs(card["dataset"]["train_size"], card["training"]["batch_size"])
     assert 1000 <= card["training"]["epochs"] * steps_per_epoch < 1000 + steps_per_epoch
+
+
+def test_interrupted_export_resumes_to_the_same_student(study_dir, cache_dir, monkeypatch, capsys):
+    from safetensors.torch import load_file
+
+    import nas_kd.export as export_mod
+
+    assert export(study_dir, cache_dir, "--out", str(study_dir / "whole")) == 0
+    real = export_mod.train_model
+
+    def stopped_in_epoch_three(*args, **kwargs):
+        inner = kwargs["on_step"]
+
+        def on_step(step, total, loss):
+            inner(step, total, loss)
+            if step == total * 5 // 6:  # 3 epochs: two are checkpointed
+                raise KeyboardInterrupt
+
+        return real(*args, **{**kwargs, "on_step": on_step})
+
+    monkeypatch.setattr(export_mod, "train_model", stopped_in_epoch_three)
+    out = study_dir / "resumed"
+    assert export(study_dir, cache_dir, "--out", str(out)) == 130
+    assert "the same command resumes it" in capsys.readouterr().err
+    assert not out.exists() and list(export_mod.resume_folder(out).glob("kd-*.pt"))
+
+    monkeypatch.setattr(export_mod, "train_model", real)
+    assert export(study_dir, cache_dir, "--out", str(out)) == 0
+    assert "resuming KD training" in capsys.readouterr().err
+    assert not export_mod.resume_folder(out).exists()
+    whole, resumed = load_file(study_dir / "whole" / "weights.safetensors"), load_file(out / "weights.safetensors")
+    assert whole.keys() == resumed.keys()
+    for k in whole:
+        assert torch.allclose(whole[k].float(), resumed[k].float(), atol=1e-6), k
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["training"]["epochs"] == 3 and card["train_seconds"] > 0
