@@ -120,11 +120,12 @@ def test_pick_rules():
     assert pick_trial(recs, trial=4).number == 4
 
 
-def test_default_retraining_is_20_epochs_and_at_least_1000_steps(study_dir, cache_dir):
+def test_default_retraining_is_20_epochs_100_on_fashion_mnist_and_at_least_1000_steps(study_dir, cache_dir):
     from nas_kd.export import export_epochs
 
-    assert export_epochs(55_000, 128) == 20  # Fashion-MNIST: 8,580 steps already
-    assert export_epochs(1146, 128) == 125  # digits: 8 steps an epoch
+    assert export_epochs(55_000, 128) == 20  # 8,580 steps already
+    assert export_epochs(55_000, 128, "fashion-mnist") == 100  # students there gain from long KD
+    assert export_epochs(1146, 128, "digits") == 125  # digits: 8 steps an epoch
     out = study_dir / "default-epochs"
     assert export_main(["--study-name", "ex", "--studies-dir", str(study_dir), "--cache-dir", str(cache_dir),
                         "--threads", "2", "--out", str(out)]) == 0
