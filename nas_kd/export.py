@@ -368,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--trial", type=int, help="trial number to export")
     group.add_argument("--pick", default="best", help="best (default), knee, or max-acc-under:BUDGET (e.g. :2M)")
     p.add_argument("--epochs", type=float, help=f"KD training epochs on the whole training split (default "
-                   f"{EXPORT_EPOCHS}; fashion-mnist {DATASET_EXPORT_EPOCHS['fashion-mnist']}; more on small "
-                   f"data: at least {EXPORT_MIN_STEPS} steps)")
+                   f"{EXPORT_EPOCHS}; {', '.join(f'{d} {n}' for d, n in DATASET_EXPORT_EPOCHS.items())}; more "
+                   f"on small data: at least {EXPORT_MIN_STEPS} steps)")
     p.add_argument("--ablation", action="store_true", help="also train the same architecture from labels only")
     p.add_argument("--augment", help=f"{', '.join(AUGMENTATIONS)} (default: crop-flip for fashion-mnist, "
                    "none for other data)")
