@@ -7,10 +7,12 @@ split, space, budgets, training and KD settings, teacher fingerprint) and the FL
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +96,35 @@ def open_study(name: str, storage: str) -> optuna.Study:
         raise UserError(
             f"cannot open study storage {redact_url(storage)}: {redact_url(reason)}"
         ) from None
+
+
+def ask_trial(study: optuna.Study, storage: str) -> optuna.Trial:
+    """``study.ask()``, safe when several processes share one SQLite file.
+
+    Optuna pops an enqueued (warm-start) trial by reading it as WAITING, then marking it RUNNING;
+    PostgreSQL locks the row in between (SELECT ... FOR UPDATE), SQLite ignores that, so two
+    workers could both pop, and train, the same trial (and the second one's tell fails). A file
+    lock around the pop makes it atomic among processes on the machine that holds the file."""
+    with _sqlite_ask_lock(storage):
+        return study.ask()
+
+
+@contextlib.contextmanager
+def _sqlite_ask_lock(storage: str) -> Iterator[None]:
+    path = storage.removeprefix("sqlite:///") if storage.startswith("sqlite:///") else ""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; one process per SQLite study there
+        fcntl = None
+    if not path or fcntl is None:
+        yield
+        return
+    with open(f"{path}.ask-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def open_named_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study:

@@ -28,7 +28,7 @@ from nas_kd.errors import TrialFailed, UserError
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity
 from nas_kd.space import SearchSpace, load_space
-from nas_kd.study import check_identity, make_sampler, open_study, redact_url
+from nas_kd.study import ask_trial, check_identity, make_sampler, open_study, redact_url
 from nas_kd.teacher import check_teacher_sources, load_teacher, teacher_logits
 from nas_kd.train import TrainSettings, accuracy, train_model
 
@@ -251,7 +251,7 @@ def _run_trials(run: Run, progress: Progress) -> dict:
             )
         interrupts.check()
         _fail_stale(study)  # one query: a killed peer's trial is failed within the grace period
-        trial = study.ask()
+        trial = ask_trial(study, cfg.storage_url)
         try:  # Ctrl-C anywhere in a trial (sampling, counting, training) fails that trial
             spec = run.space.sample(trial, shape, split.num_classes)
             torch.manual_seed(cfg.seed)
