@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM as one clean stop.
+"""Ctrl-C, SIGTERM and SIGHUP as one clean stop.
 
 Python raises KeyboardInterrupt wherever the main thread happens to be. Inside a trial that is often
 library code: a weakref callback (where the interrupt is printed and lost, so training goes on) or
@@ -29,12 +29,16 @@ def _on_stop(signum: int, frame: object) -> None:
 
 
 def install() -> None:
-    """Route Ctrl-C and SIGTERM (a scheduler's or ``kill``'s stop) through ``_on_stop``.
+    """Route Ctrl-C, SIGTERM (a scheduler's or ``kill``'s stop) and SIGHUP through ``_on_stop``.
 
     An ignored SIGINT stays ignored: a script that started us in the background wanted that."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_stop)
     signal.signal(signal.SIGTERM, _on_stop)
+    # A closed terminal (SIGHUP) stops cleanly too, and passes the stop on to local workers, which
+    # sit in process groups of their own; nohup's ignored SIGHUP stays ignored.
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, _on_stop)
 
 
 @contextmanager

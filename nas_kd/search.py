@@ -158,17 +158,19 @@ def _run_workers(cfg: SearchConfig, progress: Progress) -> int:
     shares = [cfg.trials // cfg.workers + (i < cfg.trials % cfg.workers) for i in range(cfg.workers)]
     progress.log(f"starting {cfg.workers} workers ({threads} thread(s) each; trials {shares})")
     env = {**os.environ, "NAS_KD_PROGRESS": "lines"}
+    # Each worker gets its own process group, so a terminal's Ctrl-C reaches only this process,
+    # which stops every worker exactly once, with SIGTERM: a worker started from a script's
+    # background job inherits an ignored SIGINT, but never an ignored SIGTERM.
+    group = {"preexec_fn": os.setpgrp} if os.name == "posix" else {}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "nas_kd.search", *_worker_args(cfg, i, n, threads)], env=env)
+        subprocess.Popen([sys.executable, "-m", "nas_kd.search", *_worker_args(cfg, i, n, threads)], env=env,
+                         **group)
         for i, n in enumerate(shares) if n > 0
     ]
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        for p in procs:
-            p.wait()
+        _stop_workers(procs)
         raise
     for i, code in enumerate(codes):
         if code < 0:
@@ -178,6 +180,21 @@ def _run_workers(cfg: SearchConfig, progress: Progress) -> int:
     if not bad:
         return 0
     return 2 if 2 in bad else 1
+
+
+def _stop_workers(procs: list[subprocess.Popen]) -> None:
+    """Each worker fails its running trial and exits; a second Ctrl-C meanwhile stops them at once."""
+    for attempt in range(2):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        try:
+            for p in procs:
+                p.wait()
+            return
+        except KeyboardInterrupt:
+            if attempt:
+                raise
 
 
 def run_search(cfg: SearchConfig, progress: Progress | None = None) -> list:

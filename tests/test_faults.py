@@ -23,14 +23,30 @@ def _load(path: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{path / (name + '.db')}")
 
 
-def _start(tmp_path, cache_dir, name, *extra, env=None):
+def _as_from_a_terminal() -> None:
+    # A search started from a terminal: Ctrl-C is live (pytest itself may run as a script's background
+    # job, whose children inherit an ignored SIGINT), in a process group of its own, like a shell job.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.setpgrp()
+
+
+def _as_a_script_background_job() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a non-interactive shell does
+    os.setpgrp()
+
+
+def _start(tmp_path, cache_dir, name, *extra, env=None, how=_as_from_a_terminal):
     cmd = [sys.executable, "-m", "nas_kd.search", *ARGS, "--studies-dir", str(tmp_path), "--cache-dir",
            str(cache_dir), "--study-name", name, "--threads", "1", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, preexec_fn=how)
 
 
 def _wait_for_running_trial(tmp_path, name, proc, after_trained=0, timeout=180):
+    return _wait_for_running_trials(tmp_path, name, proc, after_trained, timeout)[0]
+
+
+def _wait_for_running_trials(tmp_path, name, proc, after_trained=0, timeout=180, count=1):
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, proc.communicate()
@@ -42,8 +58,8 @@ def _wait_for_running_trial(tmp_path, name, proc, after_trained=0, timeout=180):
             trained = sum(t.user_attrs.get("status") == "trained" for t in trials)
             running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "flops" in t.user_attrs
                        and t.user_attrs.get("status") is None and t.user_attrs["flops"] <= 150_000]
-            if running and trained >= after_trained:
-                return running[0].number
+            if len(running) >= count and trained >= after_trained:
+                return [t.number for t in running]
         time.sleep(0.3)
     raise AssertionError("no trial started training in time")
 
@@ -76,9 +92,29 @@ def test_ctrl_c_before_training_fails_that_trial_too(tmp_path, cache_dir, monkey
     assert last.state == optuna.trial.TrialState.FAIL and last.user_attrs["fail_reason"] == "interrupted by the user"
 
 
+@pytest.mark.parametrize("how", ["terminal ctrl-c", "kill of a background job"])
+def test_stopping_a_multi_worker_search_stops_every_worker_once(tmp_path, cache_dir, how):
+    start = _as_from_a_terminal if how == "terminal ctrl-c" else _as_a_script_background_job
+    proc = _start(tmp_path, cache_dir, "wk", "--trials", "4", "--epochs", "400", "--workers", "2", how=start)
+    numbers = _wait_for_running_trials(tmp_path, "wk", proc, count=2)
+    time.sleep(1.0)
+    if how == "terminal ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal signals the foreground job's process group
+    else:
+        proc.send_signal(signal.SIGTERM)  # workers ignore SIGINT here: they must get SIGTERM
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, (out[-2000:], err[-4000:])
+    assert "interrupted: finished trials are saved" in err and "Traceback" not in err
+    study = _load(tmp_path, "wk")
+    for number in numbers:
+        t = study.trials[number]
+        assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["fail_reason"] == "interrupted by the user"
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
 @pytest.fixture
 def own_stop_handlers():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)
@@ -126,8 +162,18 @@ def test_ctrl_c_while_a_network_trains_stops_it_at_the_next_step(own_stop_handle
 
 def test_an_ignored_ctrl_c_stays_ignored(own_stop_handlers):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # how a script's background job starts
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # how nohup starts us
     interrupts.install()
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+
+
+def test_a_closed_terminal_is_a_clean_stop(own_stop_handlers):
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    interrupts.install()
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred():
+        os.kill(os.getpid(), signal.SIGHUP)
+        interrupts.check()
 
 
 def test_sigkilled_worker_leaves_no_trial_running_forever(tmp_path, cache_dir):
