@@ -161,7 +161,8 @@ def _run_workers(cfg: SearchConfig, progress: Progress) -> int:
     # Each worker gets its own process group, so a terminal's Ctrl-C reaches only this process,
     # which stops every worker exactly once, with SIGTERM: a worker started from a script's
     # background job inherits an ignored SIGINT, but never an ignored SIGTERM.
-    group = {"preexec_fn": os.setpgrp} if os.name == "posix" else {}
+    group = {} if os.name != "posix" else (
+        {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp})
     procs = [
         subprocess.Popen([sys.executable, "-m", "nas_kd.search", *_worker_args(cfg, i, n, threads)], env=env,
                          **group)
