@@ -19,6 +19,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; one process per SQLite study there
+    fcntl = None
+
 from nas_kd.errors import UserError
 from nas_kd.pareto import pareto_front
 
@@ -112,11 +117,7 @@ def ask_trial(study: optuna.Study, storage: str) -> optuna.Trial:
 @contextlib.contextmanager
 def _sqlite_ask_lock(storage: str) -> Iterator[None]:
     path = storage.removeprefix("sqlite:///") if storage.startswith("sqlite:///") else ""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; one process per SQLite study there
-        fcntl = None
-    if not path or fcntl is None:
+    if path in ("", ":memory:") or fcntl is None:  # nothing another process could share
         yield
         return
     with open(f"{path}.ask-lock", "a") as lock:
