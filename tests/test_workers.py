@@ -1,6 +1,10 @@
 """Several workers on one study: local processes on SQLite, and a real PostgreSQL server."""
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -65,51 +69,81 @@ def test_unreachable_database_is_one_clear_line_without_the_password(tmp_path, c
     assert "hunter2-pw" not in err and "Traceback" not in err
 
 
-def _open(url: str) -> str:
-    from nas_kd.study import open_study
+# The race tests start real processes (as `--workers` does), not fork()ed copies of pytest: a fork
+# of a process that has run torch, Optuna heartbeats and SQLite can inherit a held lock and hang
+# (CI once hung here for the whole of its time limit).
+_TOGETHER = """
+import json, os, sys, time
+from pathlib import Path
+from nas_kd.study import ask_trial, open_study
+go, task, urls = sys.argv[1], sys.argv[2], sys.argv[3:]
+results = []
+for r, url in enumerate(urls):
+    Path(f"{go}-{r}.{os.getpid()}.ready").touch()
+    while not Path(f"{go}-{r}").exists():  # a barrier: all processes start each round together
+        time.sleep(0.001)
+    if task == "open":
+        try:
+            open_study("race", url)
+            results.append("ok")
+        except Exception as err:
+            results.append(str(err))
+    else:
+        study, numbers = open_study("queue", url), []
+        for _ in range(5):
+            trial = ask_trial(study, url)
+            numbers.append(trial.number)
+            study.tell(trial, [0.5, 1.0])  # raises UpdateFinishedTrialError if a peer popped it too
+        results.append(numbers)
+print(json.dumps(results))
+"""
 
+
+def _together(tmp_path, task: str, urls: list[str], n: int = 6, timeout: float = 240) -> list[list]:
+    """Run ``task`` on each URL in turn in ``n`` fresh Python processes, all released at the same
+    instant for each URL; per process, its results in URL order."""
+    go = tmp_path / f"go-{task}"
+    procs = [subprocess.Popen([sys.executable, "-c", _TOGETHER, str(go), task, *urls],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
     try:
-        open_study("race", url)
-        return "ok"
-    except Exception as err:  # noqa: BLE001 - reported to the test
-        return str(err)
+        deadline = time.monotonic() + timeout
+        for r in range(len(urls)):
+            while len(list(tmp_path.glob(f"{go.name}-{r}.*.ready"))) < n:
+                ended = [p for p in procs if p.poll() is not None]
+                assert not ended, ended[0].communicate()[1]
+                assert time.monotonic() < deadline, f"the worker processes did not reach round {r} in time"
+                time.sleep(0.01)
+            Path(f"{go}-{r}").touch()
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            assert p.returncode == 0, err
+            results.append(json.loads(out))
+        return results
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_workers_starting_together_on_a_fresh_database_all_open_it(tmp_path):
     # Several processes creating one SQLite schema at once used to lose the race on CREATE TABLE or
     # on the alembic version row (seen in CI: a search started while a reader opened its file).
-    import multiprocessing
-
-    with multiprocessing.get_context("fork").Pool(6) as pool:
-        for round_ in range(4):
-            url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
-            assert pool.map(_open, [url] * 6) == ["ok"] * 6
+    urls = [f"sqlite:///{tmp_path / f'race{round_}.db'}" for round_ in range(4)]
+    assert _together(tmp_path, "open", urls) == [["ok"] * 4] * 6
     assert len(optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'race0.db'}")) == 1
-
-
-def _pop_five(url: str) -> list[int]:
-    from nas_kd.study import ask_trial, open_study
-
-    study, numbers = open_study("queue", url), []
-    for _ in range(5):
-        trial = ask_trial(study, url)
-        numbers.append(trial.number)
-        study.tell(trial, [0.5, 1.0])  # raises UpdateFinishedTrialError if a peer popped it too
-    return numbers
 
 
 def test_workers_never_pop_the_same_enqueued_trial_from_sqlite(tmp_path):
     # SQLite ignores Optuna's SELECT ... FOR UPDATE: without ask_trial's lock, 6 processes popping
     # 30 enqueued trials took the same one 4-13 times per run here.
-    import multiprocessing
-
     from nas_kd.study import open_study
 
     url = f"sqlite:///{tmp_path / 'queue.db'}"
     study = open_study("queue", url)
     for k in range(30):
         study.enqueue_trial({"x": k})
-    with multiprocessing.get_context("fork").Pool(6) as pool:
-        numbers = [n for got in pool.map(_pop_five, [url] * 6) for n in got]
+    numbers = [n for [got] in _together(tmp_path, "pop", [url]) for n in got]
     assert sorted(numbers) == list(range(30))
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
