@@ -358,6 +358,11 @@ def model_card_markdown(card: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with interrupts.installed():  # a stop is a clean exit 130, with no work lost
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     p = argparse.ArgumentParser(prog="python -m nas_kd.export", description=__doc__.splitlines()[0])
@@ -382,7 +387,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir")
     p.add_argument("--threads", type=int)
     a = p.parse_args(argv)
-    interrupts.install()  # a stop cleans up the temporary folder like Ctrl-C
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     try:
         study = open_named_study(a.study_name, a.studies_dir, a.storage)

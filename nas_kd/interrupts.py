@@ -28,17 +28,27 @@ def _on_stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def install() -> None:
-    """Route Ctrl-C, SIGTERM (a scheduler's or ``kill``'s stop) and SIGHUP through ``_on_stop``.
+@contextmanager
+def installed() -> Iterator[None]:
+    """Within this block, route Ctrl-C, SIGTERM (a scheduler's or ``kill``'s stop) and SIGHUP through
+    ``_on_stop``; the caller's handlers come back afterwards (``main()`` may be called from Python).
 
     An ignored SIGINT stays ignored: a script that started us in the background wanted that."""
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    stops = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    saved = {s: signal.getsignal(s) for s in stops}
+    if saved[signal.SIGINT] is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_stop)
     signal.signal(signal.SIGTERM, _on_stop)
     # A closed terminal (SIGHUP) stops cleanly too, and passes the stop on to local workers, which
     # sit in process groups of their own; nohup's ignored SIGHUP stays ignored.
-    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+    if saved.get(getattr(signal, "SIGHUP", None)) is signal.SIG_DFL:
         signal.signal(signal.SIGHUP, _on_stop)
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(s, handler)
 
 
 @contextmanager

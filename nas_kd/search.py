@@ -256,12 +256,16 @@ def format_front(front: list, budget_flops: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with interrupts.installed():  # a stop is a clean exit 130, with no work lost
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # ask/tell with heartbeats is supported here: trial_loop records them itself while a trial trains
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    interrupts.install()
     cfg = None
     try:
         cfg = parse_args(argv)

@@ -568,6 +568,11 @@ def _train_one_member(split: Split, args: argparse.Namespace, progress: Progress
 
 
 def main(argv: list[str] | None = None) -> int:
+    with interrupts.installed():  # a stop is a clean exit 130, with no work lost
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     p = argparse.ArgumentParser(prog="python -m nas_kd.teacher", description="Train or inspect a default teacher.")
     p.add_argument("command", choices=("train", "show", "ship"),
@@ -586,7 +591,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    interrupts.install()  # a stop while a member trains lands between steps; the epoch checkpoint stays
     try:
         split = _split_for(args)
         progress = Progress()

@@ -1,5 +1,6 @@
 """Faults: killed and interrupted workers, broken storage, full disks, determinism, unsafe files."""
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -113,16 +114,31 @@ def test_stopping_a_multi_worker_search_stops_every_worker_once(tmp_path, cache_
 
 
 @pytest.fixture
-def own_stop_handlers():
+def stack():
+    """Handlers installed within the test are undone, then the ones the test set are too."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    yield
+    with contextlib.ExitStack() as stack:
+        yield stack
     for s, handler in saved.items():
         signal.signal(s, handler)
 
 
-def test_a_stop_during_trials_is_raised_at_our_checks_and_a_second_one_at_once(own_stop_handlers):
+def test_main_gives_the_callers_signal_handlers_back(tmp_path, stack):
+    # main() run from Python (a notebook, a test, a user's script) must not leave our stop handler
+    # behind: a later SIGTERM would raise KeyboardInterrupt in whatever the caller does next.
+    def mine(signum, frame):
+        pass
+
+    signal.signal(signal.SIGTERM, mine)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    interrupts.install()
+    assert main(["--dataset", "tiny", "--budget", "nonsense", "--studies-dir", str(tmp_path)]) == 2
+    assert signal.getsignal(signal.SIGTERM) is mine
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_stop_during_trials_is_raised_at_our_checks_and_a_second_one_at_once(stack):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stack.enter_context(interrupts.installed())
     steps = []
     with pytest.raises(KeyboardInterrupt), interrupts.deferred():
         os.kill(os.getpid(), signal.SIGINT)
@@ -140,11 +156,11 @@ def test_a_stop_during_trials_is_raised_at_our_checks_and_a_second_one_at_once(o
     assert steps == ["library code goes on"]
 
 
-def test_ctrl_c_while_a_network_trains_stops_it_at_the_next_step(own_stop_handlers):
+def test_ctrl_c_while_a_network_trains_stops_it_at_the_next_step(stack):
     from nas_kd.train import TrainSettings, train_model
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    interrupts.install()
+    stack.enter_context(interrupts.installed())
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     x, y = torch.randn(64, 1, 4, 4), torch.randint(0, 3, (64,))
     steps = []
@@ -160,17 +176,17 @@ def test_ctrl_c_while_a_network_trains_stops_it_at_the_next_step(own_stop_handle
     assert steps == [1, 2, 3, "the code the stop landed in ran to its end"]  # and step 4 never ran
 
 
-def test_an_ignored_ctrl_c_stays_ignored(own_stop_handlers):
+def test_an_ignored_ctrl_c_stays_ignored(stack):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # how a script's background job starts
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # how nohup starts us
-    interrupts.install()
+    stack.enter_context(interrupts.installed())
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
 
 
-def test_a_closed_terminal_is_a_clean_stop(own_stop_handlers):
+def test_a_closed_terminal_is_a_clean_stop(stack):
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    interrupts.install()
+    stack.enter_context(interrupts.installed())
     with pytest.raises(KeyboardInterrupt), interrupts.deferred():
         os.kill(os.getpid(), signal.SIGHUP)
         interrupts.check()
