@@ -15,9 +15,9 @@ import optuna
 import torch
 from csv_rows import write_rows
 
-from nas_kd.builder import build_student
-from nas_kd.cost import analytic_flops, count_flops, count_thop
-from nas_kd.space import load_space
+from nas_kd.model.builder import build_student
+from nas_kd.model.cost import analytic_flops, count_flops, count_thop
+from nas_kd.search.space import load_space
 
 HERE = Path(__file__).parent
 

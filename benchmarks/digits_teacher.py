@@ -35,11 +35,11 @@ def main() -> None:
     base = {"date": date.today().isoformat(), "machine": f"{platform.machine()} 1 thread", "budget": a.budget}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        _run("nas_kd.search", "--dataset", "digits", "--budget", a.budget, "--trials", a.trials, "--threads", "1",
+        _run("nas_kd.search.cli", "--dataset", "digits", "--budget", a.budget, "--trials", a.trials, "--threads", "1",
              "--studies-dir", tmp, "--study-name", "digits")
         for seed in range(a.seeds):
             out = Path(tmp) / f"export-{seed}"
-            _run("nas_kd.export", "--study-name", "digits", "--studies-dir", tmp, "--ablation", "--seed", str(seed),
+            _run("nas_kd.export.cli", "--study-name", "digits", "--studies-dir", tmp, "--ablation", "--seed", str(seed),
                  "--threads", "1", "--out", str(out))
             card = json.loads((out / "model_card.json").read_text())
             t, ab = card["teacher"], card["ablation"]

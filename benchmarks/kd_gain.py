@@ -1,4 +1,4 @@
-"""What distillation buys at export time: one architecture trained exactly as ``nas_kd.export``
+"""What distillation buys at export time: one architecture trained exactly as ``nas_kd.export.cli``
 trains it (whole training split, one-cycle SGD, same epochs, seed and augmentation), with the
 default teacher vs labels only. Evaluates once on the test set; appends one row per run to a CSV.
 
@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 from csv_rows import append_rows
 
-from nas_kd.arch import ArchSpec
-from nas_kd.builder import build_student
-from nas_kd.cost import count_cost
-from nas_kd.data import default_val_size, load_dataset, split_dataset
-from nas_kd.distill import KDSettings
+from nas_kd.data.dataset import default_val_size, load_dataset, split_dataset
+from nas_kd.distill.losses import KDSettings
+from nas_kd.model.builder import build_student
+from nas_kd.model.cost import count_cost
+from nas_kd.model.spec import ArchSpec
 from nas_kd.progress import Progress
-from nas_kd.teacher import kd_targets, load_teacher
-from nas_kd.train import TrainSettings, accuracy, train_model
+from nas_kd.teacher.load import kd_targets, load_teacher
+from nas_kd.train.loop import TrainSettings, accuracy, train_model
 
 HERE = Path(__file__).parent
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import optuna
 from csv_rows import append_rows
 
-from nas_kd.pareto import hypervolume
+from nas_kd.study.pareto import hypervolume
 
 HERE = Path(__file__).parent
 ARMS = {

@@ -27,12 +27,12 @@ import optuna
 import torch
 from csv_rows import append_rows
 
-import nas_kd.trial_loop as trial_loop
-from nas_kd.builder import build_student
-from nas_kd.config import SearchConfig
-from nas_kd.distill import KDSettings
+import nas_kd.search.loop as trial_loop
+from nas_kd.distill.losses import KDSettings
+from nas_kd.model.builder import build_student
 from nas_kd.progress import Progress
-from nas_kd.train import TrainSettings, train_model
+from nas_kd.search.config import SearchConfig
+from nas_kd.train.loop import TrainSettings, train_model
 
 HERE = Path(__file__).parent
 TIMES: dict[str, float] = defaultdict(float)

@@ -5,16 +5,16 @@ code: ``ArchSpec`` (a student as data), ``build_student`` (spec → module), ``c
 parameters) and ``load_student`` (an exported student).
 """
 
-from nas_kd.arch import ArchSpec, StageSpec
-from nas_kd.builder import build_student
-from nas_kd.cost import count_cost
+from nas_kd.model.builder import build_student
+from nas_kd.model.cost import count_cost
+from nas_kd.model.spec import ArchSpec, StageSpec
 
 __all__ = ["ArchSpec", "StageSpec", "build_student", "count_cost", "load_student"]
 
 
 def load_student(folder: str) -> "torch.nn.Module":  # noqa: F821 - torch is imported by the builder
     """The exported student in ``folder`` (from ``python -m nas_kd.export``), weights loaded, eval mode."""
-    from nas_kd.export import load_student as _load
+    from nas_kd.export.cli import load_student as _load
 
     return _load(folder)
 __version__ = "0.1.0"

@@ -2,6 +2,6 @@
 
 import sys
 
-from nas_kd.search import main
+from nas_kd.search.cli import main
 
 sys.exit(main())

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from nas_kd.arch import ArchSpec, StageSpec
-from nas_kd.builder import build_student
 from nas_kd.errors import UserError
+from nas_kd.model.builder import build_student
+from nas_kd.model.spec import ArchSpec, StageSpec
 
 SPEC = ArchSpec(
     in_channels=1, num_classes=10, stem_channels=16, stem_stride=1,
@@ -40,7 +40,7 @@ def test_summary_is_one_readable_line():
 
 
 def test_low_rank_layers_are_built_where_the_spec_says():
-    from nas_kd.layers import LowRankConv1x1, LowRankLinear
+    from nas_kd.model.layers import LowRankConv1x1, LowRankLinear
 
     model = build_student(SPEC)
     assert isinstance(model.classifier, LowRankLinear)

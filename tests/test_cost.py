@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from nas_kd.arch import ArchSpec, StageSpec
-from nas_kd.builder import build_student
-from nas_kd.cost import analytic_flops, count_cost, count_flops, count_params
-from nas_kd.layers import DepthwiseSeparable, InvertedResidual, LowRankConv1x1, LowRankLinear
-from nas_kd.space import load_space
+from nas_kd.model.builder import build_student
+from nas_kd.model.cost import analytic_flops, count_cost, count_flops, count_params
+from nas_kd.model.layers import DepthwiseSeparable, InvertedResidual, LowRankConv1x1, LowRankLinear
+from nas_kd.model.spec import ArchSpec, StageSpec
+from nas_kd.search.space import load_space
 
 
 def test_depthwise_separable_block():

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas_kd.distill import KDBatch, KDSettings, get_kd_loss, kd_loss_names
+from nas_kd.distill.losses import KDBatch, KDSettings, get_kd_loss, kd_loss_names
 
 torch.manual_seed(0)
 S = torch.randn(16, 10)
@@ -86,7 +86,7 @@ def test_fitnet_by_hand():
 
 
 def test_attention_map_by_hand():
-    from nas_kd.distill import attention_map
+    from nas_kd.distill.losses import attention_map
 
     a = torch.zeros(1, 2, 1, 2)
     a[0, 0, 0, 0], a[0, 1, 0, 0], a[0, 0, 0, 1] = 1.0, 1.0, 2.0  # sum_c |A_c|^2 = [2, 4]
@@ -111,7 +111,7 @@ def test_rkd_is_invariant_to_scale_and_rotation_of_the_embedding():
 
 
 def test_sp_by_hand_and_zero_for_identical_similarities():
-    from nas_kd.distill import similarity
+    from nas_kd.distill.losses import similarity
 
     q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     assert torch.allclose(similarity(q), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
@@ -143,7 +143,7 @@ def test_feature_losses_say_what_they_need(name):
 
 
 def test_feature_pairing_matches_stages_by_spatial_size():
-    from nas_kd.distill import pair_features
+    from nas_kd.distill.losses import pair_features
 
     teacher = [(32, 28, 28), (64, 14, 14), (128, 7, 7)]
     # the last student stage of each teacher size; a teacher size the student lacks is skipped

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import nas_kd
-from nas_kd.arch import ArchSpec
-from nas_kd.builder import build_student
-from nas_kd.cost import count_cost
-from nas_kd.export import main as export_main
-from nas_kd.export import pick_trial
-from nas_kd.search import main as search_main
-from nas_kd.study import TrialRecord
+from nas_kd.export.cli import main as export_main
+from nas_kd.export.cli import pick_trial
+from nas_kd.model.builder import build_student
+from nas_kd.model.cost import count_cost
+from nas_kd.model.spec import ArchSpec
+from nas_kd.search.cli import main as search_main
+from nas_kd.study.storage import TrialRecord
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_pick_rules():
 
 
 def test_default_retraining_is_20_epochs_100_on_fashion_mnist_and_at_least_1000_steps(study_dir, cache_dir):
-    from nas_kd.export import export_epochs
+    from nas_kd.export.cli import export_epochs
 
     assert export_epochs(55_000, 128) == 20  # 8,580 steps already
     assert export_epochs(55_000, 128, "fashion-mnist") == 100  # students there gain from long KD
@@ -138,7 +138,7 @@ def test_default_retraining_is_20_epochs_100_on_fashion_mnist_and_at_least_1000_
 def test_interrupted_export_resumes_to_the_same_student(study_dir, cache_dir, monkeypatch, capsys):
     from safetensors.torch import load_file
 
-    import nas_kd.export as export_mod
+    import nas_kd.export.cli as export_mod
 
     assert export(study_dir, cache_dir, "--out", str(study_dir / "whole")) == 0
     real = export_mod.train_model

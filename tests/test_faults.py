@@ -13,9 +13,9 @@ import optuna
 import pytest
 import torch
 
-import nas_kd.trial_loop as trial_loop
+import nas_kd.search.loop as trial_loop
 from nas_kd import interrupts
-from nas_kd.search import main
+from nas_kd.search.cli import main
 
 ARGS = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--batch-size", "32"]
 
@@ -157,7 +157,7 @@ def test_a_stop_during_trials_is_raised_at_our_checks_and_a_second_one_at_once(s
 
 
 def test_ctrl_c_while_a_network_trains_stops_it_at_the_next_step(stack):
-    from nas_kd.train import TrainSettings, train_model
+    from nas_kd.train.loop import TrainSettings, train_model
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     stack.enter_context(interrupts.installed())
@@ -207,7 +207,7 @@ def test_sigkilled_worker_leaves_no_trial_running_forever(tmp_path, cache_dir):
     study = _load(tmp_path, "kill")
     stale = study.trials[number]
     assert stale.state == optuna.trial.TrialState.FAIL
-    from nas_kd.study import to_record
+    from nas_kd.study.storage import to_record
 
     assert "no heartbeat" in to_record(stale).fail_reason
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
@@ -271,7 +271,7 @@ def test_locked_sqlite_file(tmp_path, cache_dir, capsys, monkeypatch):
             "--epochs", "3", "--trials", "1"]
     assert main(args) == 0
     capsys.readouterr()
-    monkeypatch.setattr("nas_kd.study.SQLITE_LOCK_TIMEOUT", 0.5)
+    monkeypatch.setattr("nas_kd.study.storage.SQLITE_LOCK_TIMEOUT", 0.5)
     holder = sqlite3.connect(tmp_path / "locked.db")
     holder.execute("BEGIN EXCLUSIVE")
     try:
@@ -301,8 +301,8 @@ def test_a_pickle_with_code_is_never_executed(tmp_path, cache_dir, capsys):
     import json
     import shutil
 
-    from nas_kd.data import load_dataset, split_dataset
-    from nas_kd.teacher import load_or_train_teacher, sha256_file
+    from nas_kd.data.dataset import load_dataset, split_dataset
+    from nas_kd.teacher.load import load_or_train_teacher, sha256_file
 
     load_or_train_teacher(split_dataset(load_dataset("tiny"), val_size=58, seed=0), cache_dir=cache_dir)
     cache = tmp_path / "cache"

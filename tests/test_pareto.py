@@ -1,6 +1,6 @@
 import pytest
 
-from nas_kd.pareto import hypervolume, pareto_front
+from nas_kd.study.pareto import hypervolume, pareto_front
 
 
 def test_front_keeps_only_non_dominated_points_cheapest_first():

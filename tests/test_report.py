@@ -11,9 +11,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from nas_kd import report
-from nas_kd.report import NO_FEASIBLE, draw_importance, draw_pareto, main, report_data, write_report
-from nas_kd.search import main as search_main
+from nas_kd.report import page as report
+from nas_kd.report.page import NO_FEASIBLE, draw_importance, draw_pareto, main, report_data, write_report
+from nas_kd.search.cli import main as search_main
 
 BUDGET = 150_000
 PLOTLY_BUNDLE = re.compile(r"plotly\.js v\d+\.\d+\.\d+")
@@ -179,7 +179,7 @@ def test_a_one_trial_study_renders(searched, tmp_path, monkeypatch):
     _, source, _ = searched
     one = next(t for t in source.trials if t.user_attrs.get("status") == "trained")
     study = _crafted_study(tmp_path, "one", source)
-    study.set_user_attr("nas_kd.teacher", {"key": "tiny-resnet", "val_accuracy": 0.91, "test_accuracy": 0.9})
+    study.set_user_attr("nas_kd.teacher.load", {"key": "tiny-resnet", "val_accuracy": 0.91, "test_accuracy": 0.9})
     study.add_trial(one)
     data = report_data(study)
     assert len(data.records) == 1 and data.counts["trained"] == 1 and len(data.front) == 1
@@ -201,7 +201,7 @@ def test_a_one_trial_study_renders(searched, tmp_path, monkeypatch):
 def test_a_study_where_nothing_fits_says_so(searched, tmp_path):
     _, source, _ = searched
     study = _crafted_study(tmp_path, "nothing", source)
-    study.set_user_attr("nas_kd.teacher", {"key": "t", "val_accuracy": 0.95, "flops": 2_000_000, "params": 9000})
+    study.set_user_attr("nas_kd.teacher.load", {"key": "t", "val_accuracy": 0.95, "flops": 2_000_000, "params": 9000})
     study.add_trials([_trial("infeasible", BUDGET * k) for k in (2, 5, 30)] + [_trial("failed", BUDGET // 2)])
     data = report_data(study)
     assert data.front == [] and data.counts["infeasible"] == 3 and data.counts["failed"] == 1
@@ -227,7 +227,7 @@ def test_unknown_or_empty_study_exits_2_with_one_line(tmp_path, capsys):
                         directions=["maximize", "minimize"])
     assert main(["--study-name", "empty", "--studies-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "error: study empty has no trials yet; run nas_kd.search first"
+    assert err.strip() == "error: study empty has no trials yet; run nas_kd.search.cli first"
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     assert main(["--study-name", "other", "--studies-dir", str(tmp_path), "--storage", url]) == 2

@@ -8,10 +8,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from nas_kd.arch import ArchSpec
-from nas_kd.builder import build_student
-from nas_kd.cost import count_cost
-from nas_kd.search import main
+from nas_kd.model.builder import build_student
+from nas_kd.model.cost import count_cost
+from nas_kd.model.spec import ArchSpec
+from nas_kd.search.cli import main
 
 BUDGET = 150_000
 
@@ -140,7 +140,7 @@ def test_cli_error_has_no_traceback():
 
 
 def test_a_new_study_trains_the_spaces_hand_designs_first(tmp_path, cache_dir):
-    from nas_kd.arch import parse_summary
+    from nas_kd.model.spec import parse_summary
 
     space = tmp_path / "warm.yaml"
     designs = {"hand-a": "stem8/s1 | ds k3 c16 s2 x1 | fc | relu", "hand-b": "stem8/s2 | ir2 k3 c16 s1 x1 | fc | relu"}
@@ -169,7 +169,7 @@ def test_feature_losses_train_in_the_search_with_live_teacher_features(tmp_path,
 
 
 def test_kd_search_chooses_a_recipe_per_trial_and_reports_the_winners(tmp_path, cache_dir, capsys):
-    from nas_kd.distill import TEMPERATURES, kd_loss_names
+    from nas_kd.distill.losses import TEMPERATURES, kd_loss_names
 
     assert run(tmp_path, cache_dir, "--trials", "6", "--epochs", "1", "--kd", "search", name="kds") == 0
     out = capsys.readouterr()
@@ -184,7 +184,7 @@ def test_kd_search_chooses_a_recipe_per_trial_and_reports_the_winners(tmp_path, 
     assert "KD recipe" in (tmp_path / "studies" / "kds" / "report.html").read_text()
     assert "kd" in (tmp_path / "studies" / "kds" / "front.csv").read_text().splitlines()[0].split(",")
     # export retrains a searched trial with its own recipe
-    from nas_kd.export import main as export_main
+    from nas_kd.export.cli import main as export_main
 
     pick = trained(study)[0]
     out = tmp_path / "exp"
@@ -199,7 +199,7 @@ class _Done:
 
 
 def test_early_stop_bar_is_the_best_cheaper_trial_minus_a_90th_percentile_gain():
-    from nas_kd.trial_loop import _stop_below
+    from nas_kd.search.loop import _stop_below
 
     known = [_Done(0, 0.80, 1000), _Done(1, 0.90, 3000), _Done(2, 0.95, 9000)]
     gains = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.20]
@@ -211,7 +211,7 @@ def test_early_stop_bar_is_the_best_cheaper_trial_minus_a_90th_percentile_gain()
 
 
 def test_early_stop_halts_a_dominated_candidate_half_way(tmp_path, cache_dir, monkeypatch):
-    import nas_kd.trial_loop as loop
+    import nas_kd.search.loop as loop
 
     # every trained trial is scored half-way; the rule's verdict is forced to "stop" from the third on
     real = loop._stop_below
@@ -228,7 +228,7 @@ def test_early_stop_halts_a_dominated_candidate_half_way(tmp_path, cache_dir, mo
 
 
 def test_no_early_stop_trains_every_candidate_to_the_end(tmp_path, cache_dir, monkeypatch):
-    import nas_kd.trial_loop as loop
+    import nas_kd.search.loop as loop
 
     monkeypatch.setattr(loop, "_stop_below", lambda known, flops, gains: (2.0, "forced {:.2%}"))
     assert run(tmp_path, cache_dir, "--trials", "2", "--no-early-stop", "--no-warm-start", name="full") == 0

@@ -7,9 +7,9 @@ import optuna
 import pytest
 import torch
 
-from nas_kd.search import main as search_main
-from nas_kd.teacher import MANIFEST, main, sha256_file, shipped_dir, shipped_manifest
-from nas_kd.teacher_nets import build_teacher
+from nas_kd.search.cli import main as search_main
+from nas_kd.teacher.load import MANIFEST, main, sha256_file, shipped_dir, shipped_manifest
+from nas_kd.teacher.nets import build_teacher
 
 pytestmark = pytest.mark.shipped
 
@@ -30,7 +30,7 @@ def test_every_shipped_file_matches_the_manifest_and_loads_weights_only():
 
 
 def test_every_recipe_of_the_fashion_mnist_default_ships_with_all_its_members():
-    from nas_kd.teacher import RECIPES, default_teacher
+    from nas_kd.teacher.load import RECIPES, default_teacher
 
     manifest = shipped_manifest()
     for recipe in default_teacher("fashion-mnist")[0]:
@@ -55,20 +55,20 @@ def test_a_fresh_machine_searches_with_the_shipped_teacher_at_once(tmp_path, cap
     assert search_main(args) == 0
     assert "teacher: training" not in capsys.readouterr().err
     study = optuna.load_study(study_name="tiny-150kFLOPs", storage=f"sqlite:///{tmp_path / 'tiny-150kFLOPs.db'}")
-    assert study.user_attrs["nas_kd.teacher"]["key"] in shipped_manifest()
+    assert study.user_attrs["nas_kd.teacher.load"]["key"] in shipped_manifest()
     assert not list((tmp_path / "empty-cache").rglob("train-logits-*"))  # the shipped logits were used
 
 
 def _tiny_split():
-    from nas_kd.data import default_val_size, load_dataset, split_dataset
+    from nas_kd.data.dataset import default_val_size, load_dataset, split_dataset
 
     data = load_dataset("tiny")
     return split_dataset(data, val_size=default_val_size(len(data.y_train)), seed=0)
 
 
 def test_shipped_logits_are_the_shipped_teachers_own_and_cover_the_fashion_mnist_default(tmp_path):
-    from nas_kd.teacher import LOGITS_DIR, load_teacher, shipped_manifest_of, teacher_logits
-    from nas_kd.train import predict_logits
+    from nas_kd.teacher.load import LOGITS_DIR, load_teacher, shipped_manifest_of, teacher_logits
+    from nas_kd.train.loop import predict_logits
 
     folder = shipped_dir() / LOGITS_DIR
     manifest = shipped_manifest_of(folder)
@@ -84,7 +84,7 @@ def test_shipped_logits_are_the_shipped_teachers_own_and_cover_the_fashion_mnist
 
 
 def test_tampered_shipped_logits_are_refused_with_exit_2(tmp_path, monkeypatch, capsys):
-    from nas_kd.teacher import LOGITS_DIR
+    from nas_kd.teacher.load import LOGITS_DIR
 
     copy = tmp_path / "shipped"
     shutil.copytree(shipped_dir(), copy)

@@ -1,10 +1,10 @@
 import optuna
 import pytest
 
-from nas_kd.builder import build_student
-from nas_kd.cost import analytic_flops
 from nas_kd.errors import UserError
-from nas_kd.space import load_space, parse_space
+from nas_kd.model.builder import build_student
+from nas_kd.model.cost import analytic_flops
+from nas_kd.search.space import load_space, parse_space
 
 GOOD = """
 name: small
@@ -90,7 +90,7 @@ def test_bad_space_files_say_what_is_wrong(text, message):
 
 
 def test_every_sampled_spec_is_enqueueable_and_comes_back_identical():
-    from nas_kd.arch import parse_summary
+    from nas_kd.model.spec import parse_summary
 
     space = parse_space(GOOD)
     for spec in _random_specs(space, (1, 28, 28), n=40, seed=3):
@@ -99,8 +99,8 @@ def test_every_sampled_spec_is_enqueueable_and_comes_back_identical():
 
 
 def test_default_space_warm_starts_from_its_hand_designs_within_budget():
-    from nas_kd.arch import parse_summary
-    from nas_kd.cost import count_cost
+    from nas_kd.model.cost import count_cost
+    from nas_kd.model.spec import parse_summary
 
     designs = dict(load_space("default").warm_start)
     flops = {n: count_cost(build_student(parse_summary(line, 1, 10)), (1, 28, 28)).flops for n, line in designs.items()}

@@ -6,12 +6,12 @@ import shutil
 import pytest
 import torch
 
-import nas_kd.teacher as teacher_mod
-from nas_kd.data import load_dataset, split_dataset
+import nas_kd.teacher.load as teacher_mod
+from nas_kd.data.dataset import load_dataset, split_dataset
 from nas_kd.errors import UserError
-from nas_kd.teacher import EnsembleTeacher, load_or_train_teacher, main, teacher_logits
-from nas_kd.teacher_nets import build_teacher
-from nas_kd.train import TrainSettings, accuracy, train_model
+from nas_kd.teacher.load import EnsembleTeacher, load_or_train_teacher, main, teacher_logits
+from nas_kd.teacher.nets import build_teacher
+from nas_kd.train.loop import TrainSettings, accuracy, train_model
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +158,8 @@ def test_show_without_a_trained_teacher_says_how_to_train(tmp_path, capsys):
 
 
 def test_search_with_two_teachers_distils_from_their_weighted_average(tmp_path, cache_dir, split, capsys):
-    from nas_kd.search import main as search_main
-    from nas_kd.teacher import load_teacher
+    from nas_kd.search.cli import main as search_main
+    from nas_kd.teacher.load import load_teacher
 
     args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
             "--epochs", "1", "--batch-size", "32", "--trials", "1",
@@ -176,7 +176,7 @@ def test_search_with_two_teachers_distils_from_their_weighted_average(tmp_path, 
     import optuna
 
     study = optuna.load_study(study_name="ens", storage=f"sqlite:///{tmp_path / 'ens.db'}")
-    recorded = study.user_attrs["nas_kd.teacher"]
+    recorded = study.user_attrs["nas_kd.teacher.load"]
     assert recorded["sha256"] == teacher.info["sha256"] and "+" in recorded["key"]
     assert study.user_attrs["nas_kd.identity"]["teacher"]["sha256"] == teacher.info["sha256"]
     assert recorded["val_accuracy"] == pytest.approx(teacher.info["val_accuracy"])
@@ -185,7 +185,7 @@ def test_search_with_two_teachers_distils_from_their_weighted_average(tmp_path, 
 
 
 def test_a_default_of_several_recipes_is_their_weighted_ensemble(split, cache_dir, monkeypatch, tmp_path, capsys):
-    from nas_kd.teacher import load_teacher
+    from nas_kd.teacher.load import load_teacher
 
     named = load_teacher(split, ("quick", "ensemble"), (2.0, 1.0), cache_dir=cache_dir)
     monkeypatch.setitem(teacher_mod.DEFAULT_TEACHER, "tiny", (("quick", "ensemble"), (2.0, 1.0)))
@@ -208,15 +208,15 @@ def test_a_default_of_several_recipes_is_their_weighted_ensemble(split, cache_di
 
 
 def _student(split):
-    from nas_kd.arch import ArchSpec, StageSpec
-    from nas_kd.builder import build_student
+    from nas_kd.model.builder import build_student
+    from nas_kd.model.spec import ArchSpec, StageSpec
 
     torch.manual_seed(0)
     return build_student(ArchSpec(1, split.num_classes, 8, 1, (StageSpec("ds", 1, 16, 3, 2),)))
 
 
 def test_live_teacher_targets_equal_cached_logits_without_augmentation(split, cache_dir):
-    from nas_kd.distill import KDSettings
+    from nas_kd.distill.losses import KDSettings
 
     teacher = load_or_train_teacher(split, cache_dir=cache_dir)
     settings = TrainSettings(epochs=2, batch_size=32, lr=0.05, seed=1)
@@ -229,8 +229,8 @@ def test_live_teacher_targets_equal_cached_logits_without_augmentation(split, ca
 
 
 def test_augmented_views_carry_their_own_teacher_logits(split, cache_dir):
-    from nas_kd.distill import KDSettings
-    from nas_kd.teacher import VIEWS, kd_targets
+    from nas_kd.distill.losses import KDSettings
+    from nas_kd.teacher.load import VIEWS, kd_targets
 
     teacher = load_or_train_teacher(split, cache_dir=cache_dir)
     first = kd_targets(teacher, split, "views", "crop-flip", cache_dir=cache_dir)

@@ -9,8 +9,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from nas_kd.search import main
-from nas_kd.study import front_records, trial_records
+from nas_kd.search.cli import main
+from nas_kd.study.storage import front_records, trial_records
 from tests.pg import pg_bin, postgres_server
 
 ARGS = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "3", "--batch-size", "32"]
@@ -75,7 +75,7 @@ def test_unreachable_database_is_one_clear_line_without_the_password(tmp_path, c
 _TOGETHER = """
 import json, os, sys, time
 from pathlib import Path
-from nas_kd.study import ask_trial, open_study
+from nas_kd.study.storage import ask_trial, open_study
 go, task, urls = sys.argv[1], sys.argv[2], sys.argv[3:]
 results = []
 for r, url in enumerate(urls):
@@ -138,7 +138,7 @@ def test_workers_starting_together_on_a_fresh_database_all_open_it(tmp_path):
 def test_workers_never_pop_the_same_enqueued_trial_from_sqlite(tmp_path):
     # SQLite ignores Optuna's SELECT ... FOR UPDATE: without ask_trial's lock, 6 processes popping
     # 30 enqueued trials took the same one 4-13 times per run here.
-    from nas_kd.study import open_study
+    from nas_kd.study.storage import open_study
 
     url = f"sqlite:///{tmp_path / 'queue.db'}"
     study = open_study("queue", url)

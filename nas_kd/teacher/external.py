@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from nas_kd.data.user import call_factory
 from nas_kd.errors import UserError
-from nas_kd.teacher import sha256_file
-from nas_kd.user_data import call_factory
+from nas_kd.teacher.load import sha256_file
 
 TEACHER_INPUTS = ("normalised", "raw")
 
@@ -92,7 +92,7 @@ def load_external(source: str, weights_file: str | None, *, teacher_input: str, 
     params = getattr(model, "n_params", None) or sum(p.numel() for p in model.parameters())
     flops = None
     if kind == "factory":  # a plain nn.Module: fvcore counts it like our own teachers
-        from nas_kd.cost import count_flops
+        from nas_kd.model.cost import count_flops
 
         try:
             flops = count_flops(model, split.input_shape)
@@ -137,7 +137,7 @@ def _from_factory(source: str, weights_file: str | None) -> nn.Module:
 
 
 def _check_output(model: nn.Module, source: str, split) -> None:  # noqa: ANN001
-    from nas_kd.train import accuracy
+    from nas_kd.train.loop import accuracy
 
     x = split.x_val[:4]
     try:

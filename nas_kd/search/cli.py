@@ -19,16 +19,16 @@ import optuna
 from sqlalchemy.exc import SQLAlchemyError  # Optuna's RDB storages raise these
 
 from nas_kd import interrupts
-from nas_kd.config import SAMPLERS, SearchConfig
-from nas_kd.cost import FLOP_CONVENTION
-from nas_kd.data import dataset_names
-from nas_kd.distill import KD_SEARCH, KDSettings, kd_loss_names
+from nas_kd.data.dataset import dataset_names
+from nas_kd.distill.losses import KD_SEARCH, KDSettings, kd_loss_names
 from nas_kd.errors import UserError
+from nas_kd.model.cost import FLOP_CONVENTION
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity, parse_quantity
-from nas_kd.study import front_records, redact_url, trial_records, write_front
-from nas_kd.train import TrainSettings
-from nas_kd.trial_loop import prepare, run_trials, trial_settings
+from nas_kd.search.config import SAMPLERS, SearchConfig
+from nas_kd.search.loop import prepare, run_trials, trial_settings
+from nas_kd.study.storage import front_records, redact_url, trial_records, write_front
+from nas_kd.train.loop import TrainSettings
 
 
 def parse_args(argv: list[str] | None) -> SearchConfig:
@@ -309,8 +309,8 @@ def _search_and_show(cfg: SearchConfig) -> int:
 def _write_report(cfg: SearchConfig) -> None:
     """The finished study's HTML report; failing to write it is a note, never a failed search."""
     try:
-        from nas_kd.report import write_report
-        from nas_kd.study import load_existing_study
+        from nas_kd.report.page import write_report
+        from nas_kd.study.storage import load_existing_study
 
         print(f"report: {write_report(load_existing_study(cfg.name, cfg.storage_url), cfg.out_dir)}")
     except Exception as err:  # noqa: BLE001

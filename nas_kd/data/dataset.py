@@ -89,7 +89,7 @@ def dataset_names() -> list[str]:
 def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     """Load a registered dataset by name, or one the user brings (``npz:PATH``, ``folder:PATH``,
     ``pkg.module:factory``); UserError naming the choices otherwise."""
-    from nas_kd.user_data import is_user_dataset, load_user_dataset
+    from nas_kd.data.user import is_user_dataset, load_user_dataset
 
     if name not in _REGISTRY and is_user_dataset(name):
         return load_user_dataset(name)

@@ -15,10 +15,19 @@ from typing import Any
 import optuna
 import yaml
 
-from nas_kd.arch import ACTIVATION_NAMES, BLOCK_TYPES, ArchSpec, StageSpec, parse_summary
 from nas_kd.errors import UserError
+from nas_kd.model.spec import ACTIVATION_NAMES, BLOCK_TYPES, ArchSpec, StageSpec, parse_summary
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+def _spaces_dir() -> Path:
+    """The declared spaces: inside the installed package (the wheel maps the top-level
+    ``search_spaces/`` folder to ``nas_kd/search_spaces``), or beside the package in a checkout."""
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "search_spaces"
+    return installed if installed.is_dir() else package.parent / "search_spaces"
+
+
+SPACES_DIR = _spaces_dir()
 
 _SCHEMA: dict[str, dict[str, str]] = {
     "stem": {"channels": "channels", "stride": "stride"},
@@ -142,7 +151,7 @@ class SearchSpace:
 
     def cheapest(self, input_shape: tuple[int, int, int], num_classes: int) -> tuple[ArchSpec, int]:
         """The least-FLOP member (coordinate descent on the analytic count, from every knob's minimum)."""
-        from nas_kd.cost import analytic_flops
+        from nas_kd.model.cost import analytic_flops
 
         values = self.param_values()
         params = {name: min(v, key=_order) for name, v in values.items()}

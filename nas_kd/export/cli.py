@@ -29,18 +29,18 @@ import torch
 from torch import nn
 
 from nas_kd import interrupts
-from nas_kd.arch import ArchSpec
-from nas_kd.builder import build_student
-from nas_kd.cost import FLOP_CONVENTION, count_cost, count_thop
-from nas_kd.data import Split, load_dataset, split_dataset
-from nas_kd.distill import KDSettings, needs_features
+from nas_kd.data.dataset import Split, load_dataset, split_dataset
+from nas_kd.distill.losses import KDSettings, needs_features
 from nas_kd.errors import UserError
-from nas_kd.pareto import pareto_front
+from nas_kd.model.builder import build_student
+from nas_kd.model.cost import FLOP_CONVENTION, count_cost, count_thop
+from nas_kd.model.spec import ArchSpec
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity, parse_quantity
-from nas_kd.study import TrialRecord, open_named_study, trial_records
-from nas_kd.teacher import KD_TARGETS, kd_targets, load_teacher
-from nas_kd.train import AUGMENTATIONS, TrainSettings, accuracy, train_model
+from nas_kd.study.pareto import pareto_front
+from nas_kd.study.storage import TrialRecord, open_named_study, trial_records
+from nas_kd.teacher.load import KD_TARGETS, kd_targets, load_teacher
+from nas_kd.train.loop import AUGMENTATIONS, TrainSettings, accuracy, train_model
 
 # A 20-epoch retraining of Fashion-MNIST overfits without augmentation; the teacher's targets follow
 # the augmented images as measured in benchmarks/RESULTS.md (KD targets). Other data gets none by
@@ -79,7 +79,7 @@ def pick_trial(records: list[TrialRecord], *, trial: int | None = None, pick: st
             raise UserError(f"trial {trial} cannot be exported: it is {r.status} ({why}); pick a trained trial")
         return r
     if not records:
-        raise UserError("the study has no trials yet: run nas_kd.search first")
+        raise UserError("the study has no trials yet: run nas_kd.search.cli first")
     if not done:
         raise UserError("no trial of this study is trained within budget: nothing to export")
     if pick == "best":
@@ -108,7 +108,7 @@ def _split_from_study(study: optuna.Study, data_dir: str | None) -> Split:
     identity = study.user_attrs.get("nas_kd.identity")
     settings = study.user_attrs.get("nas_kd.settings", {})
     if identity is None:
-        raise UserError(f"study {study.study_name!r} was not written by nas_kd.search")
+        raise UserError(f"study {study.study_name!r} was not written by nas_kd.search.cli")
     cfg = settings.get("config", {})
     data = load_dataset(identity["dataset"], data_dir or cfg.get("data_dir"))
     split = split_dataset(data, val_size=identity["split"]["val_size"], seed=identity["split"]["split_seed"])

@@ -22,7 +22,7 @@ def is_user_dataset(name: str) -> bool:
     return name.startswith(("npz:", "folder:")) or (":" in name and "/" not in name.split(":")[0])
 
 
-def load_user_dataset(name: str):  # noqa: ANN201 - returns nas_kd.data.Dataset (import cycle)
+def load_user_dataset(name: str):  # noqa: ANN201 - returns nas_kd.data.dataset.Dataset (import cycle)
     if name.startswith("npz:"):
         return _from_npz(name, Path(name[4:]))
     if name.startswith("folder:"):
@@ -60,7 +60,7 @@ def _labels(y: np.ndarray, what: str, classes: np.ndarray | None = None) -> tupl
 
 
 def _dataset(name: str, x: torch.Tensor, y: np.ndarray, x_test: torch.Tensor | None, y_test: np.ndarray | None):  # noqa: ANN202
-    from nas_kd.data import Dataset
+    from nas_kd.data.dataset import Dataset
 
     if len(x) != len(np.asarray(y).reshape(-1)):
         raise UserError(f"{name}: {len(x)} images but {len(np.asarray(y).reshape(-1))} labels")

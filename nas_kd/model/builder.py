@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from nas_kd.arch import ArchSpec, StageSpec, low_rank
-from nas_kd.layers import ConvBnAct, DepthwiseSeparable, InvertedResidual, LowRankLinear
+from nas_kd.model.layers import ConvBnAct, DepthwiseSeparable, InvertedResidual, LowRankLinear
+from nas_kd.model.spec import ArchSpec, StageSpec, low_rank
 
 
 def _ds(cin: int, stage: StageSpec, stride: int, act: str) -> nn.Module:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nas_kd.arch import ArchSpec, low_rank
+from nas_kd.model.spec import ArchSpec, low_rank
 
 FLOP_CONVENTION = (
     "FLOPs = fvcore count at the real input shape, batch 1: one multiply-add = one FLOP (MACs), "

@@ -18,19 +18,19 @@ import optuna
 import torch
 
 from nas_kd import interrupts
-from nas_kd.arch import ArchSpec, parse_summary
-from nas_kd.builder import build_student
-from nas_kd.config import SearchConfig
-from nas_kd.cost import FLOP_CONVENTION, Cost, analytic_flops, count_cost, count_params
-from nas_kd.data import Split, default_val_size, load_dataset, split_dataset
-from nas_kd.distill import KDSettings, kd_loss_names, needs_features, suggest_kd
+from nas_kd.data.dataset import Split, default_val_size, load_dataset, split_dataset
+from nas_kd.distill.losses import KDSettings, kd_loss_names, needs_features, suggest_kd
 from nas_kd.errors import TrialFailed, UserError
+from nas_kd.model.builder import build_student
+from nas_kd.model.cost import FLOP_CONVENTION, Cost, analytic_flops, count_cost, count_params
+from nas_kd.model.spec import ArchSpec, parse_summary
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity
-from nas_kd.space import SearchSpace, load_space
-from nas_kd.study import ask_trial, check_identity, make_sampler, open_study, redact_url
-from nas_kd.teacher import check_teacher_sources, load_teacher, teacher_logits
-from nas_kd.train import TrainSettings, accuracy, train_model
+from nas_kd.search.config import SearchConfig
+from nas_kd.search.space import SearchSpace, load_space
+from nas_kd.study.storage import ask_trial, check_identity, make_sampler, open_study, redact_url
+from nas_kd.teacher.load import check_teacher_sources, load_teacher, teacher_logits
+from nas_kd.train.loop import TrainSettings, accuracy, train_model
 
 MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial before giving up
 MAX_UNEXPECTED_FAILURES = 3  # consecutive trial crashes of unknown cause before stopping
@@ -145,7 +145,7 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
         info = {k: teacher.info[k] for k in keep}
         # A worker with another teacher (other cache, other weights) is refused here.
         check_identity(study, {"teacher": {k: info[k] for k in ("key", "sha256")}})
-        study.set_user_attr("nas_kd.teacher", info)
+        study.set_user_attr("nas_kd.teacher.load", info)
         logits = teacher_logits(teacher, split, cache_dir=cfg.cache_dir)[idx]
         has_features = hasattr(teacher.model, "forward_features")
         if needs_features(cfg.kd.loss) and not has_features:

@@ -25,7 +25,7 @@ except ImportError:  # Windows: no flock; one process per SQLite study there
     fcntl = None
 
 from nas_kd.errors import UserError
-from nas_kd.pareto import pareto_front
+from nas_kd.study.pareto import pareto_front
 
 DIRECTIONS = ("maximize", "minimize")  # validation accuracy, FLOPs
 IDENTITY_ATTR = "nas_kd.identity"
@@ -135,7 +135,7 @@ def open_named_study(name: str, studies_dir: str, storage: str | None) -> optuna
         path = Path(studies_dir) / f"{name}.db"
         if not path.exists():
             raise UserError(f"no study named {name!r}: {path} does not exist "
-                            "(run nas_kd.search first, or pass --studies-dir / --storage)")
+                            "(run nas_kd.search.cli first, or pass --studies-dir / --storage)")
         storage = f"sqlite:///{path}"
     return load_existing_study(name, storage)
 

@@ -6,10 +6,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nas_kd.distill import KDSettings
+from nas_kd.distill.losses import KDSettings
 from nas_kd.errors import UserError
 from nas_kd.quantity import format_quantity
-from nas_kd.train import TrainSettings
+from nas_kd.train.loop import TrainSettings
 
 SAMPLERS = ("tpe", "random", "nsga2")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

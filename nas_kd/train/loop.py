@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from nas_kd import interrupts
-from nas_kd.distill import KDBatch, KDSettings, get_kd_loss, needs_adapter, needs_features, pair_features
+from nas_kd.distill.losses import KDBatch, KDSettings, get_kd_loss, needs_adapter, needs_features, pair_features
 from nas_kd.errors import TrialFailed
 
 
@@ -98,7 +98,7 @@ def train_model(
     checkpoint: Path | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on (x, y); with ``kd``, against the teacher's targets, which follow the
-    augmentation in one of three ways (see ``nas_kd.teacher.kd_targets``):
+    augmentation in one of three ways (see ``nas_kd.teacher.load.kd_targets``):
 
     - ``teacher_logits`` [N, C]: cached logits of the un-augmented images;
     - ``views`` [K, N, ...] with ``teacher_logits`` [K, N, C]: K fixed augmented views, each with its

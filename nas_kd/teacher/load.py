@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 from nas_kd import interrupts
-from nas_kd.data import Split, dataset_names, default_val_size, load_dataset, split_dataset
+from nas_kd.data.dataset import Split, dataset_names, default_val_size, load_dataset, split_dataset
 from nas_kd.errors import UserError
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity
-from nas_kd.teacher_nets import build_teacher
-from nas_kd.train import TrainSettings, accuracy, predict_logits, train_model
+from nas_kd.teacher.nets import build_teacher
+from nas_kd.train.loop import TrainSettings, accuracy, predict_logits, train_model
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ MANIFEST = "MANIFEST.json"
 
 
 def shipped_dir() -> Path:
-    return Path(os.environ.get("NAS_KD_SHIPPED_DIR", Path(__file__).parent / "shipped_teachers"))
+    return Path(os.environ.get("NAS_KD_SHIPPED_DIR", Path(__file__).resolve().parent.parent / "shipped_teachers"))
 
 
 def shipped_manifest() -> dict:
@@ -286,7 +286,7 @@ def _ensemble_accuracy(model: nn.Module, split: Split, path: Path, sha256: str) 
 def check_teacher_sources(dataset: str, sources: tuple[str, ...], weights: tuple[float, ...] | None,
                           weight_files: tuple[str, ...] = ()) -> None:
     """Refuse unknown recipes, missing teacher files and mismatched weights before any work starts."""
-    from nas_kd.external_teacher import is_external, is_factory
+    from nas_kd.teacher.external import is_external, is_factory
 
     for name in sources or default_teacher(dataset)[0]:
         if is_external(name):
@@ -312,7 +312,7 @@ def load_teacher(
     """The teacher a search names with ``--teacher`` (repeatable): a recipe or a brought teacher
     (TorchScript, ONNX, factory + weights), or several whose logits are averaged with ``weights``
     (equal by default). No source: the dataset's default teacher (itself possibly several recipes)."""
-    from nas_kd.external_teacher import is_external, is_factory, load_external
+    from nas_kd.teacher.external import is_external, is_factory, load_external
 
     check_teacher_sources(split.description["dataset"], sources, weights, weight_files)
     if not sources:
@@ -362,7 +362,7 @@ def load_teacher(
 
 def _member(split: Split, rec: TeacherRecipe, seed: int, stem: Path, progress: Progress,
             device: torch.device | str, train: bool, label: str) -> tuple[nn.Module, dict]:
-    from nas_kd.cost import count_flops
+    from nas_kd.model.cost import count_flops
 
     weights, record, ckpt = stem.with_suffix(".pt"), stem.with_suffix(".json"), stem.with_suffix(".ckpt")
     model = build_teacher(rec.arch, split.input_shape[0], split.num_classes)
@@ -523,7 +523,7 @@ def kd_targets(teacher: Teacher, split: Split, mode: str, augment: str, *,
         return {"teacher_logits": teacher_logits(teacher, split, cache_dir=cache_dir)}
     if mode == "live":
         return {"teacher": teacher.model.eval()}
-    from nas_kd.train import augment_batch
+    from nas_kd.train.loop import augment_batch
 
     g = torch.Generator().manual_seed(0)  # the views are part of the data, the same for every run
     views = torch.stack([

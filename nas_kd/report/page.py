@@ -26,10 +26,10 @@ from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
 from nas_kd.errors import UserError
-from nas_kd.pareto import hypervolume, pareto_front
 from nas_kd.progress import format_seconds
 from nas_kd.quantity import format_quantity
-from nas_kd.study import DIRECTIONS, IDENTITY_ATTR, TrialRecord, front_records, open_named_study, trial_records
+from nas_kd.study.pareto import hypervolume, pareto_front
+from nas_kd.study.storage import DIRECTIONS, IDENTITY_ATTR, TrialRecord, front_records, open_named_study, trial_records
 
 IMPORTANCE_MIN_TRIALS = 4  # feasible trained trials needed before parameter importances mean anything
 WEBGL_ABOVE = 1000  # more points than this: draw with WebGL (go.Scattergl) to stay responsive
@@ -84,7 +84,7 @@ def report_data(study: optuna.Study) -> ReportData:
     """Read ``study`` into a ReportData. UserError when the study has no trials yet."""
     records = trial_records(study)
     if not records:
-        raise UserError(f"study {study.study_name} has no trials yet; run nas_kd.search first")
+        raise UserError(f"study {study.study_name} has no trials yet; run nas_kd.search.cli first")
     records.sort(key=lambda r: r.number)
     attrs = study.user_attrs
     identity = attrs.get(IDENTITY_ATTR) or {}
@@ -113,7 +113,7 @@ def report_data(study: optuna.Study) -> ReportData:
     last_complete = max((c for _, c in spans), default=None)
     flop_convention = identity.get("flop_convention") or settings.get("flop_convention")
     if not flop_convention:
-        from nas_kd.cost import FLOP_CONVENTION
+        from nas_kd.model.cost import FLOP_CONVENTION
 
         flop_convention = FLOP_CONVENTION
     return ReportData(
@@ -122,7 +122,7 @@ def report_data(study: optuna.Study) -> ReportData:
         ref_accuracy=ref_accuracy, ref_cost=ref_cost, hv_numbers=hv_numbers, hv_values=hv_values,
         importances=importances, importance_note=importance_note, config=config,
         data_split=settings.get("data") or {}, space=settings.get("space") or {},
-        flop_convention=flop_convention, teacher=attrs.get("nas_kd.teacher"),
+        flop_convention=flop_convention, teacher=attrs.get("nas_kd.teacher.load"),
         trial_seconds=sum((c - s).total_seconds() for s, c in spans),
         wall_seconds=(last_complete - first_start).total_seconds() if first_start and last_complete else None,
         first_start=first_start, last_complete=last_complete,
@@ -606,8 +606,8 @@ def write_report(study: optuna.Study, out_dir: Path, *, png: bool = True) -> Pat
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: write the report of one study. Exit 0, or 2 with one ``error:`` line for a user mistake."""
-    from nas_kd.config import SearchConfig
-    from nas_kd.study import redact_url
+    from nas_kd.search.config import SearchConfig
+    from nas_kd.study.storage import redact_url
 
     p = argparse.ArgumentParser(prog="python -m nas_kd.report",
                                 description="Write a self-contained HTML report of a nas_kd search study.")

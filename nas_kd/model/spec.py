@@ -1,6 +1,6 @@
 """A student architecture as plain data: a frozen spec that round-trips through JSON exactly.
 
-A spec is everything needed to rebuild a student (``nas_kd.builder.build_student``); it is stored
+A spec is everything needed to rebuild a student (``nas_kd.model.builder.build_student``); it is stored
 with every trial and every export. Its one-line ``summary`` reads like timm's block strings::
 
     stem16/s1 | ds k3 c24 s2 x2 | ir4 k5 c48 s2 x3 pw.5 | head128 | fc.25 | relu

@@ -1,0 +1,7 @@
+"""``python -m nas_kd.report``."""
+
+import sys
+
+from nas_kd.report.page import main
+
+sys.exit(main())
