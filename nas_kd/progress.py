@@ -52,3 +52,11 @@ class Progress:
             self._drawn = False
         self.stream.write(self.prefix + text + "\n")
         self.stream.flush()
+
+
+def elapsed_and_left(done: float, total: float, elapsed: float) -> str:
+    """``elapsed 01:02, about 10:11 left``: the time left extrapolated from the rate so far."""
+    text = f"elapsed {format_seconds(elapsed)}"
+    if 0 < done < total:
+        text += f", about {format_seconds(elapsed * (total - done) / done)} left"
+    return text

@@ -57,7 +57,7 @@ def test_npz_8x8_grayscale_3_classes_with_its_own_test_set(tmp_path, capsys):
     assert "42.9 epochs on 255 images" in capsys.readouterr().err
     assert all(t.user_attrs["spec"]["in_channels"] == 1 and t.user_attrs["spec"]["num_classes"] == 3
                for t in _trained(study))
-    teacher = study.user_attrs["nas_kd.teacher.load"]
+    teacher = study.user_attrs["nas_kd.teacher"]
     assert teacher["val_accuracy"] > 1 / 3  # the generic teacher trained for this data
 
 
@@ -135,7 +135,7 @@ def test_torchscript_teacher_drives_a_search(tmp_path, tiny_teacher):
     path = tmp_path / "teacher.ts"
     torch.jit.trace(model, split.x_val[:2]).save(str(path))
     assert _tiny_search(tmp_path, "--teacher", str(path)) == 0
-    recorded = _study(tmp_path, "t").user_attrs["nas_kd.teacher.load"]
+    recorded = _study(tmp_path, "t").user_attrs["nas_kd.teacher"]
     assert recorded["key"].startswith("torchscript-teacher.ts-")
     expected = (model(split.x_val).argmax(1) == split.y_val).float().mean().item()
     assert recorded["val_accuracy"] == pytest.approx(expected)
@@ -150,7 +150,7 @@ def test_onnx_teacher_drives_a_search_with_the_same_logits(tmp_path, tiny_teache
                       dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
     assert torch.allclose(OnnxTeacher(path)(split.x_val), model(split.x_val), atol=1e-4)
     assert _tiny_search(tmp_path, "--teacher", str(path)) == 0
-    assert _study(tmp_path, "t").user_attrs["nas_kd.teacher.load"]["key"].startswith("onnx-teacher.onnx-")
+    assert _study(tmp_path, "t").user_attrs["nas_kd.teacher"]["key"].startswith("onnx-teacher.onnx-")
     # an ONNX teacher has no reachable intermediate layers: feature losses say so
     assert _tiny_search(tmp_path, "--teacher", str(path), "--kd", "attention", name="feat") == 2
     assert "needs the teacher's intermediate features" in capsys.readouterr().err
@@ -165,7 +165,7 @@ def test_factory_teacher_with_weights_only_state_dict(tmp_path, tiny_teacher, mo
         "    return build_teacher({'arch': 'resnet', 'width': 8, 'blocks': [1, 1]}, 1, 4)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert _tiny_search(tmp_path, "--teacher", "my_teacher:make", "--teacher-weights", str(tmp_path / "w.pt")) == 0
-    recorded = _study(tmp_path, "t").user_attrs["nas_kd.teacher.load"]
+    recorded = _study(tmp_path, "t").user_attrs["nas_kd.teacher"]
     assert recorded["key"].startswith("factory-my_teacher-make-") and recorded["flops"] > 0
 
 

@@ -14,7 +14,7 @@ from nas_kd.model.builder import build_student
 from nas_kd.model.cost import count_cost
 from nas_kd.model.spec import ArchSpec
 from nas_kd.search.cli import main as search_main
-from nas_kd.study.storage import TrialRecord
+from nas_kd.study.records import TrialRecord
 
 
 @pytest.fixture(scope="module")

@@ -207,7 +207,7 @@ def test_sigkilled_worker_leaves_no_trial_running_forever(tmp_path, cache_dir):
     study = _load(tmp_path, "kill")
     stale = study.trials[number]
     assert stale.state == optuna.trial.TrialState.FAIL
-    from nas_kd.study.storage import to_record
+    from nas_kd.study.records import to_record
 
     assert "no heartbeat" in to_record(stale).fail_reason
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]

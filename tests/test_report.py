@@ -179,7 +179,7 @@ def test_a_one_trial_study_renders(searched, tmp_path, monkeypatch):
     _, source, _ = searched
     one = next(t for t in source.trials if t.user_attrs.get("status") == "trained")
     study = _crafted_study(tmp_path, "one", source)
-    study.set_user_attr("nas_kd.teacher.load", {"key": "tiny-resnet", "val_accuracy": 0.91, "test_accuracy": 0.9})
+    study.set_user_attr("nas_kd.teacher", {"key": "tiny-resnet", "val_accuracy": 0.91, "test_accuracy": 0.9})
     study.add_trial(one)
     data = report_data(study)
     assert len(data.records) == 1 and data.counts["trained"] == 1 and len(data.front) == 1
@@ -201,7 +201,7 @@ def test_a_one_trial_study_renders(searched, tmp_path, monkeypatch):
 def test_a_study_where_nothing_fits_says_so(searched, tmp_path):
     _, source, _ = searched
     study = _crafted_study(tmp_path, "nothing", source)
-    study.set_user_attr("nas_kd.teacher.load", {"key": "t", "val_accuracy": 0.95, "flops": 2_000_000, "params": 9000})
+    study.set_user_attr("nas_kd.teacher", {"key": "t", "val_accuracy": 0.95, "flops": 2_000_000, "params": 9000})
     study.add_trials([_trial("infeasible", BUDGET * k) for k in (2, 5, 30)] + [_trial("failed", BUDGET // 2)])
     data = report_data(study)
     assert data.front == [] and data.counts["infeasible"] == 3 and data.counts["failed"] == 1

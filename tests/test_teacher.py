@@ -176,7 +176,7 @@ def test_search_with_two_teachers_distils_from_their_weighted_average(tmp_path, 
     import optuna
 
     study = optuna.load_study(study_name="ens", storage=f"sqlite:///{tmp_path / 'ens.db'}")
-    recorded = study.user_attrs["nas_kd.teacher.load"]
+    recorded = study.user_attrs["nas_kd.teacher"]
     assert recorded["sha256"] == teacher.info["sha256"] and "+" in recorded["key"]
     assert study.user_attrs["nas_kd.identity"]["teacher"]["sha256"] == teacher.info["sha256"]
     assert recorded["val_accuracy"] == pytest.approx(teacher.info["val_accuracy"])

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from nas_kd.search.cli import main
-from nas_kd.study.storage import front_records, trial_records
+from nas_kd.study.records import front_records, trial_records
 from tests.pg import pg_bin, postgres_server
 
 ARGS = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "3", "--batch-size", "32"]

@@ -38,7 +38,8 @@ from nas_kd.model.spec import ArchSpec
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity, parse_quantity
 from nas_kd.study.pareto import pareto_front
-from nas_kd.study.storage import TrialRecord, open_named_study, trial_records
+from nas_kd.study.records import TrialRecord, trial_records
+from nas_kd.study.storage import open_named_study
 from nas_kd.teacher.load import KD_TARGETS, kd_targets, load_teacher
 from nas_kd.train.loop import AUGMENTATIONS, TrainSettings, accuracy, train_model
 

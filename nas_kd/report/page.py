@@ -29,7 +29,8 @@ from nas_kd.errors import UserError
 from nas_kd.progress import format_seconds
 from nas_kd.quantity import format_quantity
 from nas_kd.study.pareto import hypervolume, pareto_front
-from nas_kd.study.storage import DIRECTIONS, IDENTITY_ATTR, TrialRecord, front_records, open_named_study, trial_records
+from nas_kd.study.records import DIRECTIONS, IDENTITY_ATTR, TrialRecord, front_records, trial_records
+from nas_kd.study.storage import open_named_study
 
 IMPORTANCE_MIN_TRIALS = 4  # feasible trained trials needed before parameter importances mean anything
 WEBGL_ABOVE = 1000  # more points than this: draw with WebGL (go.Scattergl) to stay responsive
@@ -122,7 +123,7 @@ def report_data(study: optuna.Study) -> ReportData:
         ref_accuracy=ref_accuracy, ref_cost=ref_cost, hv_numbers=hv_numbers, hv_values=hv_values,
         importances=importances, importance_note=importance_note, config=config,
         data_split=settings.get("data") or {}, space=settings.get("space") or {},
-        flop_convention=flop_convention, teacher=attrs.get("nas_kd.teacher.load"),
+        flop_convention=flop_convention, teacher=attrs.get("nas_kd.teacher"),
         trial_seconds=sum((c - s).total_seconds() for s, c in spans),
         wall_seconds=(last_complete - first_start).total_seconds() if first_start and last_complete else None,
         first_start=first_start, last_complete=last_complete,

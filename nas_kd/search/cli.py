@@ -27,7 +27,9 @@ from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity, parse_quantity
 from nas_kd.search.config import SAMPLERS, SearchConfig
 from nas_kd.search.loop import prepare, run_trials, trial_settings
-from nas_kd.study.storage import front_records, redact_url, trial_records, write_front
+from nas_kd.study.front import write_front
+from nas_kd.study.records import front_records, trial_records
+from nas_kd.study.storage import redact_url
 from nas_kd.train.loop import TrainSettings
 
 

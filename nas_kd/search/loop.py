@@ -145,7 +145,7 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
         info = {k: teacher.info[k] for k in keep}
         # A worker with another teacher (other cache, other weights) is refused here.
         check_identity(study, {"teacher": {k: info[k] for k in ("key", "sha256")}})
-        study.set_user_attr("nas_kd.teacher.load", info)
+        study.set_user_attr("nas_kd.teacher", info)
         logits = teacher_logits(teacher, split, cache_dir=cfg.cache_dir)[idx]
         has_features = hasattr(teacher.model, "forward_features")
         if needs_features(cfg.kd.loss) and not has_features:

@@ -1,8 +1,7 @@
-"""The Optuna study behind a search: create or resume it, record its settings, read its trials.
+"""The Optuna study behind a search: open or resume it in its storage, check its identity, choose
+its sampler, and ask for trials safely when several processes share it.
 
-The study alone is enough to rebuild any candidate: every trial stores its spec, cost, accuracy,
-training time and status as user attributes, and the study stores the run's identity (dataset,
-split, space, budgets, training and KD settings, teacher fingerprint) and the FLOP convention.
+What a study records is defined in ``nas_kd.study.records``.
 """
 
 from __future__ import annotations
@@ -13,11 +12,9 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 try:
     import fcntl
@@ -25,10 +22,7 @@ except ImportError:  # Windows: no flock; one process per SQLite study there
     fcntl = None
 
 from nas_kd.errors import UserError
-from nas_kd.study.pareto import pareto_front
-
-DIRECTIONS = ("maximize", "minimize")  # validation accuracy, FLOPs
-IDENTITY_ATTR = "nas_kd.identity"
+from nas_kd.study.records import DIRECTIONS, IDENTITY_ATTR
 
 
 def redact_url(url: str) -> str:
@@ -175,82 +169,3 @@ def _canon(v: object) -> str:
 def _short(v: object) -> str:
     text = _canon(v)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One trial as the rest of nas_kd sees it (plain data, no Optuna types)."""
-
-    number: int
-    state: str  # COMPLETE / FAIL / RUNNING / ...
-    status: str  # trained / infeasible / duplicate / failed / running
-    val_accuracy: float | None
-    flops: int | None
-    params: int | None
-    train_seconds: float | None
-    summary: str
-    spec: dict | None
-    feasible: bool
-    fail_reason: str | None = None
-    kd: dict | None = None  # this trial's distillation recipe under --kd search
-
-    @property
-    def kd_text(self) -> str:
-        if not self.kd:
-            return ""
-        k = self.kd
-        return f"{k['loss']} T={k['temperature']:g} a={k['alpha']:.2f}"
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def to_record(t: FrozenTrial) -> TrialRecord:
-    a = t.user_attrs
-    if t.state == TrialState.FAIL and "status" not in a:  # failed by another worker's stale-trial check
-        a = {**a, "status": "failed", "fail_reason": "its worker stopped (no heartbeat): killed or crashed"}
-    feasible = all(v <= 0 for v in (t.constraints or {}).values()) if t.constraints else a.get("status") != "infeasible"
-    has_result = t.state == TrialState.COMPLETE and a.get("status") in ("trained", "duplicate")
-    return TrialRecord(
-        number=t.number,
-        state=t.state.name,
-        status=a.get("status", "running" if t.state == TrialState.RUNNING else t.state.name.lower()),
-        val_accuracy=t.values[0] if has_result else None,
-        flops=a.get("flops"),
-        params=a.get("params"),
-        train_seconds=a.get("train_seconds"),
-        summary=a.get("summary", ""),
-        spec=a.get("spec"),
-        feasible=feasible,
-        fail_reason=a.get("fail_reason"),
-        kd=a.get("kd"),
-    )
-
-
-def trial_records(study: optuna.Study) -> list[TrialRecord]:
-    return [to_record(t) for t in study.get_trials(deepcopy=False)]
-
-
-def front_records(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Feasible trained trials on the Pareto front of (validation accuracy ↑, FLOPs ↓), cheapest first."""
-    done = [r for r in records if r.val_accuracy is not None and r.feasible and r.status == "trained"]
-    return [done[i] for i in pareto_front([(r.val_accuracy, r.flops) for r in done])]
-
-
-def write_front(records: list[TrialRecord], out_dir: Path) -> tuple[Path, Path]:
-    """Write the front as CSV and JSON (atomically) into ``out_dir``."""
-    import pandas as pd
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [r.to_dict() for r in records]
-    csv_path, json_path = out_dir / "front.csv", out_dir / "front.json"
-    table = pd.DataFrame(rows, columns=list(TrialRecord.__dataclass_fields__))
-    table = table.drop(columns=["spec", "kd"]).assign(
-        kd=[r.kd_text for r in records], spec=[json.dumps(r["spec"], sort_keys=True) for r in rows])
-    tmp = csv_path.with_suffix(".csv.tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(csv_path)
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rows, indent=2))
-    tmp.replace(json_path)
-    return csv_path, json_path

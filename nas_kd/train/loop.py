@@ -37,6 +37,16 @@ class TrainResult:
     final_loss: float
 
 
+def at_least_steps(epochs: float, n_images: int, batch_size: int, min_steps: int, *,
+                   whole_epochs: bool = False) -> float:
+    """``epochs``, or more when they would give fewer than ``min_steps`` SGD steps (small datasets:
+    2 epochs of 1,000 images are 15 steps, too few to learn or rank anything). ``whole_epochs``
+    rounds the longer length up to a whole number of epochs."""
+    steps_per_epoch = max(1, n_images // batch_size)
+    needed = min_steps / steps_per_epoch
+    return float(max(epochs, math.ceil(needed) if whole_epochs else needed))
+
+
 def device_for(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)  # an ONNX teacher has none: it runs on the CPU
     return param.device if param is not None else torch.device("cpu")

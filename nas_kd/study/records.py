@@ -1,0 +1,135 @@
+"""The study's record format, owned here: the attribute keys a search writes, the status values a
+trial can end with, and ``TrialRecord``, the typed view that report and export read through.
+
+An Optuna study stays a plain Optuna study (optuna-dashboard opens it); what nas_kd adds lives in
+user attributes: on the study, the run's identity, settings and teacher; on each trial, its spec,
+cost, accuracy, timings and status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from optuna.trial import FrozenTrial, TrialState
+
+from nas_kd.study.pareto import pareto_front
+
+DIRECTIONS = ("maximize", "minimize")  # validation accuracy, FLOPs
+
+# Study attributes
+IDENTITY_ATTR = "nas_kd.identity"  # what must not change on resume (checked by storage.check_identity)
+SETTINGS_ATTR = "nas_kd.settings"  # the creating run's settings, data description, space, flags
+TEACHER_ATTR = "nas_kd.teacher"  # the teacher's key, hash, accuracy and cost
+
+
+class Attr:
+    """Trial attributes."""
+
+    SPEC = "spec"  # ArchSpec.to_dict()
+    SPEC_JSON = "spec_json"  # ArchSpec.to_json(): the key that finds repeated architectures
+    SUMMARY = "summary"  # one-line spec
+    FLOPS = "flops"
+    PARAMS = "params"
+    STATUS = "status"  # one of Status
+    VAL_ACCURACY = "val_accuracy"
+    TRAIN_SECONDS = "train_seconds"
+    MID_VAL = "mid_val"  # half-way accuracy on the early-stop probe
+    STOP_REASON = "stop_reason"
+    FAIL_REASON = "fail_reason"
+    DUPLICATE_OF = "duplicate_of"
+    WORKER = "worker"
+    KD = "kd"  # this trial's recipe under --kd search
+    WARM_START = "warm_start"  # the hand design's name
+
+
+class Status:
+    """How a trial ended, as recorded in its ``status`` attribute."""
+
+    TRAINED = "trained"
+    INFEASIBLE = "infeasible"  # over budget: rejected before training
+    DUPLICATE = "duplicate"  # an architecture trained before: its result reused
+    STOPPED = "stopped early"
+    FAILED = "failed"
+    RUNNING = "running"
+
+
+STALE_REASON = "its worker stopped (no heartbeat): killed or crashed"
+
+
+def is_trained(t: FrozenTrial) -> bool:
+    """A trial that trained to the end and was told its accuracy (duplicates reuse another's)."""
+    return t.state == TrialState.COMPLETE and t.user_attrs.get(Attr.STATUS) == Status.TRAINED
+
+
+def is_feasible(t: FrozenTrial) -> bool:
+    if t.constraints:
+        return all(v <= 0 for v in t.constraints.values())
+    return t.user_attrs.get(Attr.STATUS) != Status.INFEASIBLE
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the rest of nas_kd sees it (plain data, no Optuna types)."""
+
+    number: int
+    state: str  # COMPLETE / FAIL / RUNNING / ...
+    status: str  # a Status value
+    val_accuracy: float | None
+    flops: int | None
+    params: int | None
+    train_seconds: float | None
+    summary: str
+    spec: dict | None
+    feasible: bool
+    fail_reason: str | None = None
+    kd: dict | None = None  # this trial's distillation recipe under --kd search
+
+    @property
+    def on_front_candidate(self) -> bool:
+        """Trained to the end, within budget, with an accuracy: what fronts and picks are made of."""
+        return self.status == Status.TRAINED and self.feasible and self.val_accuracy is not None
+
+    @property
+    def kd_text(self) -> str:
+        if not self.kd:
+            return ""
+        k = self.kd
+        return f"{k['loss']} T={k['temperature']:g} a={k['alpha']:.2f}"
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def to_record(t: FrozenTrial) -> TrialRecord:
+    a = t.user_attrs
+    if t.state == TrialState.FAIL and Attr.STATUS not in a:  # failed by another worker's stale-trial check
+        a = {**a, Attr.STATUS: Status.FAILED, Attr.FAIL_REASON: STALE_REASON}
+    has_result = t.state == TrialState.COMPLETE and a.get(Attr.STATUS) in (Status.TRAINED, Status.DUPLICATE)
+    return TrialRecord(
+        number=t.number,
+        state=t.state.name,
+        status=a.get(Attr.STATUS, Status.RUNNING if t.state == TrialState.RUNNING else t.state.name.lower()),
+        val_accuracy=t.values[0] if has_result else None,
+        flops=a.get(Attr.FLOPS),
+        params=a.get(Attr.PARAMS),
+        train_seconds=a.get(Attr.TRAIN_SECONDS),
+        summary=a.get(Attr.SUMMARY, ""),
+        spec=a.get(Attr.SPEC),
+        feasible=is_feasible(t) if t.constraints else a.get(Attr.STATUS) != Status.INFEASIBLE,
+        fail_reason=a.get(Attr.FAIL_REASON),
+        kd=a.get(Attr.KD),
+    )
+
+
+def trial_records(study) -> list[TrialRecord]:  # noqa: ANN001 - an optuna.Study
+    return [to_record(t) for t in study.get_trials(deepcopy=False)]
+
+
+def front_candidates(records: list[TrialRecord]) -> list[TrialRecord]:
+    return [r for r in records if r.on_front_candidate]
+
+
+def front_records(records: list[TrialRecord]) -> list[TrialRecord]:
+    """Feasible trained trials on the Pareto front of (validation accuracy ↑, FLOPs ↓), cheapest first."""
+    done = front_candidates(records)
+    return [done[i] for i in pareto_front([(r.val_accuracy, r.flops) for r in done])]
