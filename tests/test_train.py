@@ -1,0 +1,158 @@
+"""The training loop: every loss step trains exactly as recorded, resumes bit-identically, stops on NaN."""
+
+import hashlib
+
+import pytest
+import torch
+
+from nas_kd.distill import KDSettings
+from nas_kd.errors import TrialFailed
+from nas_kd.model.builder import build_student
+from nas_kd.model.spec import ArchSpec, StageSpec
+from nas_kd.train import TrainSettings, train_model
+
+N, CLASSES, VIEWS = 50, 3, 3  # 50 images in batches of 16: 3 steps an epoch, the last 2 images dropped
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(N, 1, 8, 8, generator=g), torch.randint(0, CLASSES, (N,), generator=g)
+
+
+def _student() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_student(ArchSpec(1, CLASSES, 4, 1, (StageSpec("ds", 1, 8, 3, 2), StageSpec("ds", 1, 8, 3, 1))))
+
+
+def _teacher() -> torch.nn.Module:
+    torch.manual_seed(1)
+    spec = ArchSpec(1, CLASSES, 6, 1, (StageSpec("ds", 1, 12, 3, 1), StageSpec("ds", 1, 16, 3, 2)))
+    return build_student(spec).eval()
+
+
+def _views(x: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    return torch.stack([x + 0.1 * torch.randn(x.shape, generator=g) for _ in range(VIEWS)])
+
+
+def _targets(kind: str, x: torch.Tensor) -> dict:
+    """The keyword arguments ``train_model`` gets for each kind of teacher target."""
+    teacher = _teacher()
+    with torch.no_grad():
+        if kind == "cached":
+            return {"teacher_logits": teacher(x)}
+        if kind == "views":
+            views = _views(x)
+            return {"views": views, "teacher_logits": torch.stack([teacher(v) for v in views])}
+    return {"teacher": teacher} if kind == "live" else {}
+
+
+# name: (augment, label smoothing, KD loss or None, which teacher targets)
+CASES = {
+    "labels": ("none", 0.0, None, None),
+    "labels-erase": ("crop-flip-erase", 0.0, None, None),
+    "smoothing": ("crop", 0.1, None, None),
+    "hinton-cached": ("crop-flip", 0.0, "hinton", "cached"),
+    "logit-l2-cached": ("none", 0.0, "logit-l2", "cached"),
+    "hinton-views": ("crop-flip", 0.0, "hinton", "views"),
+    "hinton-live": ("crop", 0.0, "hinton", "live"),
+    "fitnet": ("crop-flip", 0.0, "fitnet", "live"),
+    "attention": ("crop", 0.0, "attention", "live"),
+    "rkd": ("none", 0.0, "rkd", "live"),
+    "sp": ("crop-flip-erase", 0.0, "sp", "live"),
+}
+
+# Each case's recorded run: the first 16 hex digits of the final state_dict's sha256, the final loss
+# and the parameters' L1 norm. A change to any random draw, loss or update changes them. The hash is
+# exact only with the kernels it was recorded with; the loss and norm must agree anywhere.
+RECORDED_ON = ("2.13.", "AVX512")
+RECORDED = {
+    "attention": ("258cc5a20e61ff59", 0.929655909538269, 80.16100512538105),
+    "fitnet": ("e0e572e2a69108d6", 0.47903984785079956, 79.86017929110676),
+    "hinton-cached": ("0bedb3fce62eca0b", 0.327406108379364, 79.82985373679549),
+    "hinton-live": ("2c3550d316d291da", 0.33653342723846436, 79.782278342871),
+    "hinton-views": ("f2e1176762ff42c5", 0.33083289861679077, 79.81932684662752),
+    "labels": ("776083b38ec941b7", 1.0586649179458618, 79.99479815084487),
+    "labels-erase": ("29ecfba12b3d9178", 1.0233697891235352, 80.0240863552317),
+    "logit-l2-cached": ("c1062364bfd0a810", 0.3299969434738159, 79.71969152917154),
+    "rkd": ("d2ef815727027e53", 5.273783206939697, 105.31443256139755),
+    "smoothing": ("ec1d6351bdda85a8", 1.06203293800354, 79.90339140314609),
+    "sp": ("387006783537ec51", 0.3122721016407013, 79.89272885862738),
+}
+
+
+def _train(name: str, **kwargs) -> tuple[torch.nn.Module, object]:
+    augment, smoothing, loss, kind = CASES[name]
+    x, y = _data()
+    settings = TrainSettings(epochs=2.5, batch_size=16, lr=0.05, label_smoothing=smoothing, augment=augment, seed=5)
+    kd = KDSettings(loss=loss, temperature=2.0, alpha=0.7) if loss else None
+    model = _student()
+    result = train_model(model, x, y, settings, kd=kd, **_targets(kind, x), **kwargs)
+    return model, result
+
+
+def fingerprint(model: torch.nn.Module, result) -> tuple[str, float, float]:  # noqa: ANN001
+    h = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        h.update(key.encode())
+        h.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    l1 = sum(p.detach().abs().sum().item() for p in model.parameters())
+    return h.hexdigest()[:16], result.final_loss, l1
+
+
+def _same_kernels() -> bool:
+    return torch.__version__.startswith(RECORDED_ON[0]) and torch.backends.cpu.get_cpu_capability() == RECORDED_ON[1]
+
+
+@pytest.fixture()
+def one_thread():
+    """Sums split over threads round differently: the recorded runs used one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_loss_step_trains_as_recorded(name, one_thread):
+    model, result = _train(name)
+    digest, loss, l1 = fingerprint(model, result)
+    want_digest, want_loss, want_l1 = RECORDED[name]
+    assert result.steps == 8  # round(2.5 epochs × 3 steps)
+    assert loss == pytest.approx(want_loss, rel=1e-4) and l1 == pytest.approx(want_l1, rel=1e-4)
+    if _same_kernels():
+        assert digest == want_digest, "the same draws and arithmetic give the same weights, bit for bit"
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    whole, _ = _train("hinton-cached")
+    ckpt = tmp_path / "run.ckpt"
+
+    def stop_in_epoch_two(step: int, total: int, loss: float) -> None:
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train("hinton-cached", checkpoint=ckpt, on_step=stop_in_epoch_two)
+    assert ckpt.exists() and not list(tmp_path.glob("*.tmp*"))  # written atomically: no temporary left
+    resumed, result = _train("hinton-cached", checkpoint=ckpt)
+    assert result.steps == 8
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_feature_losses_refuse_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="does not checkpoint its adapters"):
+        _train("fitnet", checkpoint=tmp_path / "run.ckpt")
+
+
+def test_kd_without_targets_is_refused():
+    x, y = _data()
+    with pytest.raises(ValueError, match="needs teacher logits or a teacher"):
+        train_model(_student(), x, y, TrainSettings(epochs=1, batch_size=16), kd=KDSettings())
+
+
+def test_a_loss_that_stops_being_finite_fails_the_trial():
+    x, y = _data()
+    with pytest.raises(TrialFailed, match="loss became nan at step 1/"):
+        train_model(_student(), x * float("nan"), y, TrainSettings(epochs=1, batch_size=16))
