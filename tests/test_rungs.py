@@ -1,0 +1,65 @@
+"""Promotion between rungs on hand-made results: non-dominated first, the front's spread kept."""
+
+from nas_kd.search.rungs import (
+    RungResult,
+    crowding_distance,
+    next_promotion,
+    nondominated_fronts,
+    promotion_order,
+    rung_steps,
+)
+
+
+def _r(candidate: int, accuracy: float, flops: int, rung: int = 0) -> RungResult:
+    return RungResult(candidate, rung, accuracy, flops)
+
+
+# Front: 1 (cheap), 2, 3, 4 (dear). 5 and 6 are dominated (by 2 and by 4); 7 is dominated by 5.
+RESULTS = [_r(1, 0.80, 1_000_000), _r(2, 0.85, 2_000_000), _r(3, 0.86, 2_100_000), _r(4, 0.90, 4_000_000),
+           _r(5, 0.84, 2_500_000), _r(6, 0.89, 4_500_000), _r(7, 0.83, 3_000_000)]
+
+
+def test_fronts_are_peeled_in_order():
+    fronts = [sorted(RESULTS[i].candidate for i in f) for f in nondominated_fronts(RESULTS)]
+    assert fronts == [[1, 2, 3, 4], [5, 6], [7]]
+
+
+def test_the_fronts_ends_and_sparse_points_go_first_and_dominated_ones_after():
+    order = [r.candidate for r in promotion_order(RESULTS)]
+    assert set(order[:2]) == {1, 4}  # the ends of the front are infinitely isolated
+    assert order[2] == 2 and order[3] == 3  # 3 sits close beside 2 (crowded): 2 before it
+    assert order[4:6] in ([5, 6], [6, 5]) and order[6] == 7
+
+
+def test_crowding_keeps_the_spread_rather_than_the_top():
+    # Three near-identical accurate points at the top of the budget and one cheap point: with two
+    # places, a pure accuracy order would take two of the clustered ones; crowding takes the ends.
+    results = [_r(1, 0.900, 4_000_000), _r(2, 0.899, 3_900_000), _r(3, 0.898, 3_800_000), _r(4, 0.85, 500_000)]
+    assert {r.candidate for r in promotion_order(results)[:2]} == {1, 4}
+    crowd = crowding_distance(results, [0, 1, 2, 3])
+    assert crowd[0] == crowd[3] == float("inf") and max(crowd[1], crowd[2]) < float("inf")
+
+
+def test_a_rung_promotes_its_best_third_and_the_highest_rung_comes_first():
+    rung0 = [_r(i, 0.80 + i / 100, 1_000_000 * (i + 1)) for i in range(6)]  # all on one front
+    first = next_promotion(rung0, promoted=set(), top_rung=2, eta=3)
+    assert first is not None and first.rung == 0
+    promoted = {(first.candidate, 0)}
+    second = next_promotion(rung0, promoted=promoted, top_rung=2, eta=3)
+    assert second is not None and second.candidate != first.candidate
+    promoted.add((second.candidate, 0))
+    assert next_promotion(rung0, promoted=promoted, top_rung=2, eta=3) is None  # 6 // 3 = 2 places only
+    rung1 = [_r(first.candidate, 0.9, first.flops, 1), _r(second.candidate, 0.91, second.flops, 1),
+             _r(99, 0.92, 9_000_000, 1)]
+    up = next_promotion(rung0 + rung1, promoted=promoted | {(99, 0)}, top_rung=2, eta=3)
+    assert up is not None and up.rung == 1  # a rung-1 result goes to rung 2 before more rung-0 ones
+
+
+def test_a_rung_with_fewer_than_eta_results_promotes_nothing_and_the_top_rung_never():
+    assert next_promotion([_r(1, 0.9, 1000), _r(2, 0.8, 500)], promoted=set(), top_rung=2, eta=3) is None
+    top = [_r(i, 0.9, 1000 + i, 2) for i in range(9)]
+    assert next_promotion(top, promoted=set(), top_rung=2, eta=3) is None
+
+
+def test_rung_steps_grow_by_eta():
+    assert [rung_steps(100, 3, k) for k in range(3)] == [100, 300, 900]
