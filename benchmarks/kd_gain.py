@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from csv_rows import append_rows
 
-from nas_kd.data.dataset import default_val_size, load_dataset, split_dataset
+from nas_kd.data import default_val_size, load_dataset, split_dataset
 from nas_kd.distill.losses import KDSettings
 from nas_kd.model.builder import build_student
 from nas_kd.model.cost import count_cost
 from nas_kd.model.spec import ArchSpec
 from nas_kd.progress import Progress
-from nas_kd.teacher.load import kd_targets, load_teacher
+from nas_kd.teacher import kd_targets, load_teacher
 from nas_kd.train.loop import TrainSettings, accuracy, train_model
 
 HERE = Path(__file__).parent

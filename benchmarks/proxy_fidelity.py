@@ -28,14 +28,14 @@ import optuna
 import torch
 from csv_rows import append_rows
 
-from nas_kd.data.dataset import default_val_size, load_dataset, split_dataset
+from nas_kd.data import default_val_size, load_dataset, split_dataset
 from nas_kd.distill.losses import KDSettings
 from nas_kd.model.builder import build_student
 from nas_kd.model.cost import count_cost
 from nas_kd.model.spec import ArchSpec
 from nas_kd.progress import Progress
 from nas_kd.study.pareto import pareto_front
-from nas_kd.teacher.load import load_teacher, teacher_logits
+from nas_kd.teacher import load_teacher, teacher_logits
 from nas_kd.train.loop import TrainSettings, accuracy, train_model
 
 HERE = Path(__file__).parent

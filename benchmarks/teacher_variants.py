@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from csv_rows import write_rows
 
-from nas_kd.data.dataset import default_val_size, load_dataset, split_dataset
-from nas_kd.teacher.load import load_teacher
+from nas_kd.data import default_val_size, load_dataset, split_dataset
+from nas_kd.teacher import load_teacher
 from nas_kd.train.loop import predict_logits
 
 HERE = Path(__file__).parent

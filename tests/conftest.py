@@ -1,11 +1,19 @@
 import os
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The tiny dataset and its teacher recipes are a plugin (tests/tiny.py), so every process the tests
+# start (CLI subprocesses, search workers) finds them by name: the environment is inherited.
+os.environ["NAS_KD_PLUGINS"] = ",".join(filter(None, ["tests.tiny", os.environ.get("NAS_KD_PLUGINS")]))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-    """One teacher cache for the whole session: the tiny teacher trains once (~2 s)."""
+    """One teacher cache for the whole session: the tiny teacher trains once."""
     return tmp_path_factory.mktemp("cache")
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas_kd.data.dataset import load_dataset, split_dataset
+from nas_kd.data import load_dataset, split_dataset
 from nas_kd.search.cli import main
 from nas_kd.teacher.load import load_or_train_teacher
 

@@ -301,8 +301,9 @@ def test_a_pickle_with_code_is_never_executed(tmp_path, cache_dir, capsys):
     import json
     import shutil
 
-    from nas_kd.data.dataset import load_dataset, split_dataset
-    from nas_kd.teacher.load import load_or_train_teacher, sha256_file
+    from nas_kd.data import load_dataset, split_dataset
+    from nas_kd.files import sha256_file
+    from nas_kd.teacher import load_or_train_teacher
 
     load_or_train_teacher(split_dataset(load_dataset("tiny"), val_size=58, seed=0), cache_dir=cache_dir)
     cache = tmp_path / "cache"

@@ -60,7 +60,7 @@ def test_a_fresh_machine_searches_with_the_shipped_teacher_at_once(tmp_path, cap
 
 
 def _tiny_split():
-    from nas_kd.data.dataset import default_val_size, load_dataset, split_dataset
+    from nas_kd.data import default_val_size, load_dataset, split_dataset
 
     data = load_dataset("tiny")
     return split_dataset(data, val_size=default_val_size(len(data.y_train)), seed=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import nas_kd.teacher.load as teacher_mod
-from nas_kd.data.dataset import load_dataset, split_dataset
+from nas_kd.data import load_dataset, split_dataset
 from nas_kd.errors import UserError
 from nas_kd.teacher.load import EnsembleTeacher, load_or_train_teacher, main, teacher_logits
 from nas_kd.teacher.nets import build_teacher

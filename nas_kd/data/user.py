@@ -13,21 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nas_kd.data.dataset import Dataset, hold_out
+from nas_kd.data.registry import register_source
 from nas_kd.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-def is_user_dataset(name: str) -> bool:
-    return name.startswith(("npz:", "folder:")) or (":" in name and "/" not in name.split(":")[0])
-
-
-def load_user_dataset(name: str):  # noqa: ANN201 - returns nas_kd.data.dataset.Dataset (import cycle)
-    if name.startswith("npz:"):
-        return _from_npz(name, Path(name[4:]))
-    if name.startswith("folder:"):
-        return _from_folder(name, Path(name[7:]))
-    return _from_factory(name)
 
 
 def _images(x: np.ndarray, what: str) -> torch.Tensor:
@@ -59,16 +49,14 @@ def _labels(y: np.ndarray, what: str, classes: np.ndarray | None = None) -> tupl
     return torch.from_numpy(np.searchsorted(classes, y).astype(np.int64)), classes
 
 
-def _dataset(name: str, x: torch.Tensor, y: np.ndarray, x_test: torch.Tensor | None, y_test: np.ndarray | None):  # noqa: ANN202
-    from nas_kd.data.dataset import Dataset
-
+def _dataset(name: str, x: torch.Tensor, y: np.ndarray, x_test: torch.Tensor | None,
+             y_test: np.ndarray | None) -> Dataset:
+    """The checked ``Dataset``: labels mapped to 0..K-1; without a test set, a seeded 20% is held out."""
     if len(x) != len(np.asarray(y).reshape(-1)):
         raise UserError(f"{name}: {len(x)} images but {len(np.asarray(y).reshape(-1))} labels")
     labels, classes = _labels(y, name)
     if x_test is None:
-        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-        n_test = max(1, len(labels) // 5)
-        test, train = perm[:n_test].sort().values, perm[n_test:].sort().values
+        test, train = hold_out(len(labels), max(1, len(labels) // 5), seed=0)
         x, labels, x_test, test_labels = x[train], labels[train], x[test], labels[test]
     else:
         if x_test.shape[1:] != x.shape[1:]:
@@ -79,7 +67,10 @@ def _dataset(name: str, x: torch.Tensor, y: np.ndarray, x_test: torch.Tensor | N
     return Dataset(name, x, labels, x_test, test_labels, num_classes=len(classes))
 
 
-def _from_npz(name: str, path: Path):  # noqa: ANN202
+@register_source("npz:PATH", lambda name: name.startswith("npz:"))
+def _from_npz(name: str) -> Dataset:
+    """Arrays ``x``, ``y`` (and optionally ``x_test``, ``y_test``) of an .npz file."""
+    path = Path(name[len("npz:"):])
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -96,7 +87,7 @@ def _from_npz(name: str, path: Path):  # noqa: ANN202
 
 
 def _read_folder(root: Path) -> tuple[list[np.ndarray], list[str]]:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # imported when asked for: only image folders need it
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     images, labels = [], []
@@ -121,7 +112,10 @@ def _stack(images: list[np.ndarray], where: Path) -> np.ndarray:
     return np.stack(images)
 
 
-def _from_folder(name: str, root: Path):  # noqa: ANN202
+@register_source("folder:PATH", lambda name: name.startswith("folder:"))
+def _from_folder(name: str) -> Dataset:
+    """ROOT/CLASS/image files, or ROOT/train/CLASS and ROOT/test/CLASS."""
+    root = Path(name[len("folder:"):])
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist (expected ROOT/CLASS/image.png, "
                         "optionally ROOT/train/CLASS and ROOT/test/CLASS)")
@@ -164,7 +158,14 @@ def call_factory(source: str, what: str) -> object:
         raise UserError(f"{what} factory {source} raised {type(err).__name__}: {err}") from None
 
 
-def _from_factory(name: str):  # noqa: ANN202
+def _is_factory_name(name: str) -> bool:
+    """``pkg.module:function``: a colon, and no path separator before it."""
+    return ":" in name and "/" not in name.split(":")[0]
+
+
+@register_source("pkg.module:factory", _is_factory_name)
+def _from_factory(name: str) -> Dataset:
+    """``function()`` returns (train, test), each an (images, labels) pair or a dataset of pairs."""
     result = call_factory(name, "dataset")
     if not (isinstance(result, tuple) and len(result) == 2):
         raise UserError(f"dataset factory {name} must return (train, test); got {type(result).__name__}")

@@ -19,7 +19,7 @@ import optuna
 from sqlalchemy.exc import SQLAlchemyError  # Optuna's RDB storages raise these
 
 from nas_kd import interrupts
-from nas_kd.data.dataset import dataset_names
+from nas_kd.data import dataset_names
 from nas_kd.distill.losses import KD_SEARCH, KDSettings, kd_loss_names
 from nas_kd.errors import UserError
 from nas_kd.model.cost import FLOP_CONVENTION

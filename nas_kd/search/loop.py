@@ -18,7 +18,7 @@ import optuna
 import torch
 
 from nas_kd import interrupts
-from nas_kd.data.dataset import Split, default_val_size, load_dataset, split_dataset
+from nas_kd.data import Split, default_val_size, load_dataset, split_dataset
 from nas_kd.distill.losses import KDSettings, kd_loss_names, needs_features, suggest_kd
 from nas_kd.errors import TrialFailed, UserError
 from nas_kd.model.builder import build_student
@@ -29,7 +29,7 @@ from nas_kd.quantity import format_quantity
 from nas_kd.search.config import SearchConfig
 from nas_kd.search.space import SearchSpace, load_space
 from nas_kd.study.storage import ask_trial, check_identity, make_sampler, open_study, redact_url
-from nas_kd.teacher.load import check_teacher_sources, load_teacher, teacher_logits
+from nas_kd.teacher import check_teacher_sources, load_teacher, teacher_logits
 from nas_kd.train.loop import TrainSettings, accuracy, train_model
 
 MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial before giving up

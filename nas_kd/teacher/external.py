@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas_kd.data.user import call_factory
+from nas_kd.data import call_factory
 from nas_kd.errors import UserError
 from nas_kd.teacher.load import sha256_file
 

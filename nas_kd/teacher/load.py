@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from nas_kd import interrupts
-from nas_kd.data.dataset import Split, dataset_names, default_val_size, load_dataset, split_dataset
+from nas_kd.data import Split, dataset_names, default_val_size, load_dataset, split_dataset
 from nas_kd.errors import UserError
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity
