@@ -60,8 +60,8 @@ def _measure(spec_json: str, threads: int, steps: int) -> float:
 
 
 def _run(spec: dict, threads: int, steps: int, copies: int) -> list[float]:
-    code = ("import sys; sys.path.insert(0, %r); from throughput import _measure; "
-            "print(_measure(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))" % str(HERE))
+    code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); from throughput import _measure; "
+            "print(_measure(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))")
     procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(spec), str(threads), str(steps)],
                               stdout=subprocess.PIPE, text=True) for _ in range(copies)]
     return [float(p.communicate()[0]) for p in procs]
