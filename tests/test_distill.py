@@ -143,7 +143,7 @@ def test_feature_losses_say_what_they_need(name):
 
 
 def test_feature_pairing_matches_stages_by_spatial_size():
-    from nas_kd.distill.losses import pair_features
+    from nas_kd.train.features import pair_features
 
     teacher = [(32, 28, 28), (64, 14, 14), (128, 7, 7)]
     # the last student stage of each teacher size; a teacher size the student lacks is skipped

@@ -156,3 +156,16 @@ def test_a_loss_that_stops_being_finite_fails_the_trial():
     x, y = _data()
     with pytest.raises(TrialFailed, match="loss became nan at step 1/"):
         train_model(_student(), x * float("nan"), y, TrainSettings(epochs=1, batch_size=16))
+
+
+def test_labels_only_training_ignores_the_kd_loss_it_names():
+    """An ablation's labels-only run keeps the recipe's loss name with alpha 0: plain cross-entropy."""
+    x, y = _data()
+    settings = TrainSettings(epochs=1, batch_size=16, seed=2)
+    plain, named = _student(), _student()
+    train_model(plain, x, y, settings)
+    train_model(named, x, y, settings, kd=KDSettings(loss="fitnet", alpha=0.0))
+    for a, b in zip(plain.state_dict().values(), named.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown KD loss 'nope'"):
+        train_model(_student(), x, y, settings, kd=KDSettings(loss="nope", alpha=0.0))

@@ -77,20 +77,6 @@ def needs_adapter(name: str) -> bool:
     return name in _ADAPTED_LOSSES
 
 
-Shape = tuple[int, ...]
-
-
-def pair_features(student_shapes: list[Shape], teacher_shapes: list[Shape]) -> list[tuple[int, int]]:
-    """Which student stage output distils from which teacher stage output: for every teacher stage,
-    the last student stage of the same spatial size; with no size in common, last with last."""
-    pairs = []
-    for j, t in enumerate(teacher_shapes):
-        same = [i for i, s in enumerate(student_shapes) if s[-2:] == t[-2:]]
-        if same:
-            pairs.append((same[-1], j))
-    return pairs or [(len(student_shapes) - 1, len(teacher_shapes) - 1)]
-
-
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 
 
