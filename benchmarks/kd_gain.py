@@ -26,7 +26,7 @@ from nas_kd.model.cost import count_cost
 from nas_kd.model.spec import ArchSpec
 from nas_kd.progress import Progress
 from nas_kd.teacher import kd_targets, load_teacher
-from nas_kd.train.loop import TrainSettings, accuracy, train_model
+from nas_kd.train import TrainSettings, accuracy, train_model
 
 HERE = Path(__file__).parent
 
@@ -81,7 +81,7 @@ def main() -> None:
     row = {
         "date": date.today().isoformat(), "machine": f"{platform.node()} {torch.get_num_threads()} thread(s)",
         "design": name, "flops": count_cost(build_student(spec), split.input_shape).flops, "mode": a.mode,
-        "kd_targets": a.kd_targets if teacher else "", "teacher": teacher.info["key"] if teacher else "",
+        "kd_targets": a.kd_targets if teacher else "", "teacher": teacher.info.key if teacher else "",
         "augment": a.augment, "epochs": a.epochs, "seed": a.seed, "train_images": len(split.y_train),
         "val_accuracy": round(accuracy(model, split.x_val, split.y_val), 4),
         "test_accuracy": round(accuracy(model, split.x_test, split.y_test), 4),

@@ -36,7 +36,7 @@ from nas_kd.model.spec import ArchSpec
 from nas_kd.progress import Progress
 from nas_kd.study.pareto import pareto_front
 from nas_kd.teacher import load_teacher, teacher_logits
-from nas_kd.train.loop import TrainSettings, accuracy, train_model
+from nas_kd.train import TrainSettings, accuracy, train_model
 
 HERE = Path(__file__).parent
 ACTIVATIONS = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Hardswish)

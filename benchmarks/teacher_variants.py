@@ -17,7 +17,7 @@ from csv_rows import write_rows
 
 from nas_kd.data import default_val_size, load_dataset, split_dataset
 from nas_kd.teacher import load_teacher
-from nas_kd.train.loop import predict_logits
+from nas_kd.train import predict_logits
 
 HERE = Path(__file__).parent
 VARIANTS = {"member 0": [0], "member 1": [1], "quick": [2], "strong (shipped)": [0, 1], "strong + quick": [0, 1, 2]}

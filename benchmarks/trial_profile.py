@@ -32,7 +32,7 @@ from nas_kd.distill.losses import KDSettings
 from nas_kd.model.builder import build_student
 from nas_kd.progress import Progress
 from nas_kd.search.config import SearchConfig
-from nas_kd.train.loop import TrainSettings, train_model
+from nas_kd.train import TrainSettings, train_model
 
 HERE = Path(__file__).parent
 TIMES: dict[str, float] = defaultdict(float)

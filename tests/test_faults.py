@@ -13,6 +13,7 @@ import optuna
 import pytest
 import torch
 
+import nas_kd.search.candidate as candidate
 import nas_kd.search.loop as trial_loop
 from nas_kd import interrupts
 from nas_kd.search.cli import main
@@ -85,7 +86,7 @@ def test_ctrl_c_before_training_fails_that_trial_too(tmp_path, cache_dir, monkey
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trial_loop, "_screen_cost", interrupted)  # Ctrl-C while the candidate is counted
+    monkeypatch.setattr(trial_loop, "screen_cost", interrupted)  # Ctrl-C while the candidate is counted
     assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "early",
                  "--trials", "2", "--epochs", "3"]) == 130
     assert "interrupted: finished trials are saved" in capsys.readouterr().err
@@ -157,7 +158,7 @@ def test_a_stop_during_trials_is_raised_at_our_checks_and_a_second_one_at_once(s
 
 
 def test_ctrl_c_while_a_network_trains_stops_it_at_the_next_step(stack):
-    from nas_kd.train.loop import TrainSettings, train_model
+    from nas_kd.train import TrainSettings, train_model
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     stack.enter_context(interrupts.installed())
@@ -223,7 +224,7 @@ def test_same_seed_same_architectures_and_results(tmp_path, cache_dir):
 
 
 def test_out_of_memory_fails_the_trial_not_the_study(tmp_path, cache_dir, monkeypatch):
-    real = trial_loop.train_model
+    real = candidate.train_model
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -232,7 +233,7 @@ def test_out_of_memory_fails_the_trial_not_the_study(tmp_path, cache_dir, monkey
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trial_loop, "train_model", flaky)
+    monkeypatch.setattr(candidate, "train_model", flaky)
     assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "oom",
                  "--trials", "2", "--epochs", "3"]) == 0
     trials = _load(tmp_path, "oom").trials
@@ -250,7 +251,7 @@ def test_disk_full_is_one_message_and_keeps_finished_work(tmp_path, cache_dir, m
     def no_space(*a, **k):
         raise OSError(28, "No space left on device", str(tmp_path / "full" / "trials" / "x.pt.tmp"))
 
-    monkeypatch.setattr(trial_loop.torch, "save", no_space)
+    monkeypatch.setattr(torch, "save", no_space)  # the trial's weights are the first thing saved
     assert main([*args, "--trials", "1"]) == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
