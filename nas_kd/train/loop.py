@@ -13,15 +13,11 @@ from torch import nn
 from nas_kd import interrupts
 from nas_kd.distill.losses import KDSettings
 from nas_kd.errors import TrialFailed
-from nas_kd.train.augment import AUGMENTATIONS, augment_batch  # noqa: F401 - TEMPORARY, see below
 from nas_kd.train.batches import batch_source
 from nas_kd.train.checkpoint import resume, save_checkpoint
 from nas_kd.train.device import device_for
-from nas_kd.train.evaluate import accuracy, predict_logits  # noqa: F401 - TEMPORARY, see below
-from nas_kd.train.settings import TrainResult, TrainSettings, at_least_steps, steps_per_epoch, total_steps  # noqa: F401
+from nas_kd.train.settings import TrainResult, TrainSettings, steps_per_epoch, total_steps
 from nas_kd.train.steps import StepInputs, build_step, choose_step
-
-# TEMPORARY: importers move to ``from nas_kd.train import ...``; until then the old names stay importable here
 
 
 def train_model(
