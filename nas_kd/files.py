@@ -36,7 +36,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 def write_text(path: Path | str, text: str) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 

@@ -5,15 +5,18 @@ import io
 import json
 import random
 import re
+import shutil
 
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from nas_kd.report import page as report
-from nas_kd.report.page import NO_FEASIBLE, draw_importance, draw_pareto, main, report_data, write_report
-from nas_kd.search.cli import main as search_main
+from nas_kd import files
+from nas_kd.report import main, png, report_data, write_report
+from nas_kd.report import page as report_page
+from nas_kd.report.figures import NO_FEASIBLE, draw_importance, draw_pareto
+from nas_kd.search import main as search_main
 
 BUDGET = 150_000
 PLOTLY_BUNDLE = re.compile(r"plotly\.js v\d+\.\d+\.\d+")
@@ -114,7 +117,7 @@ def test_search_writes_the_report_and_the_cli_rewrites_it(searched, capsys):
     assert '"text":"budget 150k FLOPs"' in page  # the label of the budget line in the chart
     assert 'id="teacher-none">no teacher (labels only)<' in page and "teacher val" not in page
     assert "chance level 1/4" in page and "one multiply-add = one FLOP" in page
-    assert "<td>kd.alpha</td><td>0.0</td>" in page and "<td>split_seed</td><td>0</td>" in page
+    assert _settings(page)["--alpha"] == "0" and "<td>split_seed</td><td>0</td>" in page
     assert re.search(r"<td>test_size</td><td>\d+</td>", page) and "sum of trial durations" in page
     assert not list((studies / "rep").glob(".*tmp*"))  # the atomic write left nothing behind
 
@@ -168,7 +171,7 @@ def test_a_search_with_an_empty_front_still_writes_its_report_and_a_broken_repor
     def broken(*_args, **_kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(report, "write_report", broken)
+    monkeypatch.setattr(report_page, "render_html", broken)  # whichever way the search reaches write_report
     assert search_main(args) == 0  # resumes, adds a trial; the report failing does not fail the search
     captured = capsys.readouterr()
     assert "report:" not in captured.out
@@ -188,8 +191,8 @@ def test_a_one_trial_study_renders(searched, tmp_path, monkeypatch):
     # teacher FLOPs unknown: a dashed horizontal line at its validation accuracy
     line = next(s for s in fig.layout.shapes if s.line.dash == "dash")
     assert line.y0 == line.y1 == 0.91 and line.label.text == "teacher val 91.00%"
-    replaced, real_replace = [], report.os.replace
-    monkeypatch.setattr(report.os, "replace", lambda a, b: (replaced.append((a, b)), real_replace(a, b)))
+    replaced, real_replace = [], files.os.replace
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (replaced.append((a, b)), real_replace(a, b)))
     page = write_report(study, tmp_path / "one", png=False).read_text()
     # written beside the target, then renamed over it
     assert [(a.parent, b) for a, b in replaced] == [(tmp_path / "one", tmp_path / "one" / "report.html")]
@@ -232,6 +235,18 @@ def test_unknown_or_empty_study_exits_2_with_one_line(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     assert main(["--study-name", "other", "--studies-dir", str(tmp_path), "--storage", url]) == 2
     assert capsys.readouterr().err.startswith("error: no study named 'other'")
+
+    assert main(["--study-name", "../up", "--studies-dir", str(tmp_path)]) == 2  # it would name a folder
+    assert capsys.readouterr().err.startswith("error: study name '../up' is not allowed")
+
+
+def test_the_storage_url_can_come_from_the_environment(tmp_path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    study = optuna.create_study(study_name="env", storage=url, directions=["maximize", "minimize"])
+    study.add_trial(_trial("trained", 50_000, 0.8))
+    monkeypatch.setenv("NAS_KD_STORAGE", url)
+    assert main(["--study-name", "env", "--studies-dir", str(tmp_path), "--no-png"]) == 0
+    assert f"optuna-dashboard {url}" in capsys.readouterr().out and (tmp_path / "env" / "report.html").exists()
 
 
 def test_user_strings_are_escaped(tmp_path):
@@ -283,13 +298,76 @@ def test_importances_use_feasible_trained_trials_only():
     assert list(bars.data[0].y) == ["act", "width"]  # most important at the top
 
 
-def test_png_failure_is_one_note_and_not_an_error(searched, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("missing", ["kaleido", "browser"])
+def test_a_missing_image_export_is_one_note_naming_the_command_that_adds_it(
+        missing, searched, tmp_path, monkeypatch, capsys):
     _, source, _ = searched
-    monkeypatch.setattr(report, "image_export_installed", lambda: False)
-    assert report.write_png(draw_pareto(report_data(source)), tmp_path / "x.png") is False
+    if missing == "kaleido":
+        monkeypatch.setattr(png, "image_export_installed", lambda: False)
+        command = "pip install kaleido"
+    else:  # kaleido's own lookup, pointed at a browser that is not there
+        monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chromium"))
+        command = "apt-get install -y chromium"
     study = _crafted_study(tmp_path, "png", source)
     study.add_trial(_trial("trained", 50_000, 0.9))
     path = write_report(study, tmp_path / "png")
     assert path.exists() and not (tmp_path / "png" / "pareto.png").exists()
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [report.PNG_NOTE] and err[0].startswith("note: no PNG written")
+    assert len(err) == 1 and err[0].startswith("note: no PNG written") and command in err[0]
+    assert not list((tmp_path / "png").glob(".*"))
+
+
+def _settings(page: str) -> dict[str, str]:
+    """The settings table of a report page: flag -> value."""
+    match = re.search(r'<table id="settings-table">.*?</table>', page, re.S)
+    assert match, "no settings table in the page"
+    return dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", match.group(0)))
+
+
+def test_settings_are_the_flags_of_the_run_that_created_the_study(searched, tmp_path, cache_dir, capsys):
+    studies, source, _ = searched
+    resumed = tmp_path / "studies"
+    resumed.mkdir()
+    shutil.copy(studies / "rep.db", resumed / "rep.db")  # the fixture's study stays as it is
+    space = tmp_path / "small.yaml"
+    space.write_text(SMALL_SPACE)
+    before = _settings((studies / "rep" / "report.html").read_text())
+    assert before["--trials"] == "2" and before["--budget"] == "150kFLOPs" and before["--epochs"] == "4"
+    assert search_main(["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "4",
+                        "--batch-size", "32", "--studies-dir", str(resumed), "--cache-dir", str(cache_dir),
+                        "--study-name", "rep", "--threads", "2", "--trials", "1", "--timeout", "3600",
+                        "--space", str(space), "--alpha", "0"]) == 0
+    capsys.readouterr()
+    page = write_report(optuna.load_study(study_name="rep", storage=f"sqlite:///{resumed / 'rep.db'}"),
+                        tmp_path / "out", png=False).read_text()
+    after = _settings(page)
+    assert after["--trials"] == "2" and after["--timeout"] == "none"  # the resume's --trials 1 --timeout 3600
+    assert {k: v for k, v in after.items() if k != "--storage"} == {
+        k: v for k, v in before.items() if k != "--storage"}
+    assert "older nas_kd" not in page
+
+
+def test_an_older_study_shows_its_settings_under_their_flags(tmp_path):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("nas_kd.identity", {"budget_flops": BUDGET, "num_classes": 10})
+    study.set_user_attr("nas_kd.settings", {"config": {  # as nas_kd recorded it before flags were kept
+        "budget_flops": BUDGET, "budget_params": None, "trials": 40, "timeout": None, "warm_start": False,
+        "early_stop": True, "train_subset": None, "teacher_weights": [2.0, 1.0], "teachers": ["strong", "quick"],
+        "train": {"epochs": 2.0, "lr": 0.1, "momentum": 0.9}, "kd": {"loss": "hinton", "alpha": 0.9}}})
+    study.add_trial(_trial("trained", 50_000, 0.8))
+    page = write_report(study, tmp_path / "old", png=False).read_text()
+    assert _settings(page) == {
+        "--budget": "150kFLOPs", "--params": "none", "--trials": "40", "--timeout": "none",
+        "--no-warm-start": "yes", "--no-early-stop": "no", "--epochs": "2", "--train-subset": "0", "--lr": "0.1",
+        "--kd": "hinton", "--alpha": "0.9", "--teacher": "strong, quick", "--ensemble-weights": "2,1"}
+    assert 'id="settings-older">(recorded by an older nas_kd)<' in page
+    assert "kd.alpha" not in page and "momentum" not in page  # field names, and fields no flag sets
+
+
+def test_recorded_flags_are_shown_as_recorded(tmp_path):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    flags = {"--budget": "5MFLOPs", "--trials": "40", "--kd": "search", "--no-warm-start": "no"}
+    study.set_user_attr("nas_kd.settings", {"config": {"trials": 7, "budget_flops": 1}, "flags": flags})
+    study.add_trial(_trial("trained", 50_000, 0.8))
+    page = write_report(study, tmp_path / "new", png=False).read_text()
+    assert _settings(page) == flags and "older nas_kd" not in page

@@ -2,6 +2,6 @@
 
 import sys
 
-from nas_kd.report.page import main
+from nas_kd.report.cli import main
 
 sys.exit(main())

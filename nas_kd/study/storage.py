@@ -122,6 +122,17 @@ def _sqlite_ask_lock(storage: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # it names files and folders
+
+
+def check_study_name(name: str) -> str:
+    """``name`` when it may name a study, else UserError saying which names are allowed."""
+    if not STUDY_NAME.match(name):
+        raise UserError(f"study name {name!r} is not allowed: use letters, digits, '.', '_' "
+                        "or '-' (it names files), at most 100 characters")
+    return name
+
+
 def open_named_study(name: str, studies_dir: str, storage: str | None) -> optuna.Study:
     """The study a report or export names: from ``--storage``, or its SQLite file in ``studies_dir``
     (checked first, because Optuna would quietly create an empty database file)."""
