@@ -14,7 +14,7 @@ __all__ = ["ArchSpec", "StageSpec", "build_student", "count_cost", "load_student
 
 def load_student(folder: str) -> "torch.nn.Module":  # noqa: F821 - torch is imported by the builder
     """The exported student in ``folder`` (from ``python -m nas_kd.export``), weights loaded, eval mode."""
-    from nas_kd.export.cli import load_student as _load
+    from nas_kd.export.load import load_student as _load
 
     return _load(folder)
 __version__ = "0.1.0"

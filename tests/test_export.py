@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import nas_kd
-from nas_kd.export.cli import main as export_main
-from nas_kd.export.cli import pick_trial
+from nas_kd.export import main as export_main
+from nas_kd.export.pick import pick_trial
+from nas_kd.export.retrain import export_epochs
 from nas_kd.model.builder import build_student
 from nas_kd.model.cost import count_cost
 from nas_kd.model.spec import ArchSpec
@@ -121,8 +122,6 @@ def test_pick_rules():
 
 
 def test_default_retraining_is_20_epochs_100_on_fashion_mnist_and_at_least_1000_steps(study_dir, cache_dir):
-    from nas_kd.export.cli import export_epochs
-
     assert export_epochs(55_000, 128) == 20  # 8,580 steps already
     assert export_epochs(55_000, 128, "fashion-mnist") == 100  # students there gain from long KD
     assert export_epochs(1146, 128, "digits") == 125  # digits: 8 steps an epoch
@@ -138,7 +137,7 @@ def test_default_retraining_is_20_epochs_100_on_fashion_mnist_and_at_least_1000_
 def test_interrupted_export_resumes_to_the_same_student(study_dir, cache_dir, monkeypatch, capsys):
     from safetensors.torch import load_file
 
-    import nas_kd.export.cli as export_mod
+    import nas_kd.export.retrain as export_mod
 
     assert export(study_dir, cache_dir, "--out", str(study_dir / "whole")) == 0
     real = export_mod.train_model
@@ -169,3 +168,50 @@ def test_interrupted_export_resumes_to_the_same_student(study_dir, cache_dir, mo
         assert torch.allclose(whole[k].float(), resumed[k].float(), atol=1e-6), k
     card = json.loads((out / "model_card.json").read_text())
     assert card["training"]["epochs"] == 3 and card["train_seconds"] > 0
+
+
+def test_export_folder_is_readable_by_other_users(study_dir, cache_dir):
+    import os
+    import stat
+
+    out = study_dir / "shared"
+    old = os.umask(0o022)
+    try:
+        assert export(study_dir, cache_dir, "--out", str(out)) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"weights.safetensors", "model.onnx", "model_card.json"}
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: "0o644" for p in files}
+
+
+def test_progress_shows_the_time_left_over_both_trainings(study_dir, cache_dir, capsys):
+    from nas_kd.export.retrain import TrainingClock
+
+    now = [0.0]
+    clock = TrainingClock(trainings=2, now=lambda: now[0])
+    clock.next_training()
+    texts = []
+    for step in range(1, 11):  # 10 s a step
+        now[0] = 10.0 * step
+        texts.append(clock.text(step, 10))
+    assert texts[4] == "elapsed 00:50, about 02:30 left"  # 5 + 10 steps to go
+    assert texts[9] == "elapsed 01:40, about 01:40 left"  # the ablation's 10 steps are still ahead
+    clock.next_training()
+    now[0] = 110.0
+    assert clock.text(6, 10) == "elapsed 01:50, about 00:40 left"  # resumed at step 5: 11 steps run here
+    now[0] = 150.0
+    assert clock.text(10, 10) == "elapsed 02:30"
+
+    assert export(study_dir, cache_dir, "--ablation", "--out", str(study_dir / "eta")) == 0
+    assert " left" in capsys.readouterr().err
+
+
+def test_zero_threads_is_a_one_line_usage_error(study_dir, cache_dir, capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        export(study_dir, cache_dir, "--threads", "0", "--out", str(tmp_path / "never"))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threads must be at least 1, got 0" in err and "Traceback" not in err
+    assert not (tmp_path / "never").exists()

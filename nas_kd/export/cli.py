@@ -19,8 +19,8 @@ from nas_kd.export.trial import export_trial
 from nas_kd.quantity import format_quantity
 from nas_kd.study.records import trial_records
 from nas_kd.study.storage import open_named_study
-from nas_kd.teacher.load import KD_TARGETS
-from nas_kd.train.loop import AUGMENTATIONS
+from nas_kd.teacher import KD_TARGETS
+from nas_kd.train import AUGMENTATIONS
 
 STOPPED = "no export was written; training is checkpointed every epoch, so the same command resumes it"
 

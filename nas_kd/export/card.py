@@ -1,0 +1,93 @@
+"""The model card of an export: what the student is, how it was trained, what it costs and scores,
+as JSON (for programs) and Markdown (for people)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from nas_kd.export.retrain import Recipe, Trained
+from nas_kd.files import write_json, write_text
+from nas_kd.model.cost import FLOP_CONVENTION, count_cost, count_thop
+from nas_kd.study.records import TrialRecord
+
+
+def model_card(study_name: str, record: TrialRecord, recipe: Recipe, student: Trained) -> dict:
+    """The card's entries known once the KD student is trained (deployables and ablation add theirs)."""
+    spec, split, kd = recipe.spec, recipe.split, recipe.kd
+    cost = count_cost(student.model, split.input_shape)
+    return {
+        "trial": record.number, "study": study_name, "architecture": spec.summary(), "spec": spec.to_dict(),
+        "dataset": split.description,
+        "flops": cost.flops, "flops_thop": count_thop(student.model, split.input_shape), "params": cost.params,
+        "flop_convention": FLOP_CONVENTION + "; thop's count (beside it) also counts batch norm",
+        "search_val_accuracy": record.val_accuracy,
+        "val_accuracy": student.val_accuracy,
+        "test_accuracy": student.test_accuracy,
+        "teacher": recipe.teacher, "kd": asdict(kd), "kd_loss": kd.describe(), "training": asdict(recipe.settings),
+        "kd_targets": recipe.kd_targets if kd.uses_teacher else None,
+        "train_seconds": round(student.seconds, 3),
+    }
+
+
+def ablation_entry(card: dict, labels_only: Trained) -> dict:
+    """The card's ``ablation``: the labels-only student beside the KD one."""
+    return {
+        "labels_only_test_accuracy": labels_only.test_accuracy,
+        "labels_only_val_accuracy": labels_only.val_accuracy,
+        "labels_only_train_seconds": round(labels_only.seconds, 3),
+        "kd_gain_points": round(100 * (card["test_accuracy"] - labels_only.test_accuracy), 2),
+    }
+
+
+def machine_entry() -> dict:
+    """Where the latency and training time were measured."""
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
+
+
+def write_card(card: dict, folder: Path) -> None:
+    write_json(folder / "model_card.json", card, sort_keys=True)
+    write_text(folder / "model_card.md", model_card_markdown(card))
+
+
+def model_card_markdown(card: dict) -> str:
+    """The card as a Markdown page: a table of the figures, then how to load the files."""
+    d, lat = card["dataset"], card["latency_us_per_image"]
+    teacher = card["teacher"]
+    lines = [
+        f"# Student: {card['architecture']}",
+        "",
+        f"From study `{card['study']}`, trial {card['trial']}; retrained with `{card['kd_loss']}` for "
+        f"{card['training']['epochs']:g} epochs, augmentation {card['training']['augment']}"
+        + (f", teacher targets {card['kd_targets']}" if card.get("kd_targets") else "")
+        + f", seed {card['training']['seed']} ({card['train_seconds']:.0f} s on this CPU).",
+        "",
+        "| | |", "|---|---|",
+        f"| dataset | {d['dataset']}, input {tuple(d['input_shape'])}, {d['num_classes']} classes |",
+        f"| split | train {d['train_size']}, validation {d['val_size']} (carved from train, seed {d['split_seed']}), "
+        f"test {d['test_size']} |",
+        f"| FLOPs | {card['flops']:,} (fvcore); thop: {card['flops_thop']:,} |",
+        f"| parameters | {card['params']:,} |",
+        f"| validation accuracy | {card['val_accuracy']:.2%} (search proxy: {card['search_val_accuracy']:.2%}) |",
+        f"| **test accuracy** | **{card['test_accuracy']:.2%}** |",
+    ]
+    if "ablation" in card:
+        a = card["ablation"]
+        lines.append(f"| labels only, same epochs and seed | {a['labels_only_test_accuracy']:.2%} test "
+                     f"(KD gain {a['kd_gain_points']:+.2f} points) |")
+    lines += [
+        f"| teacher | {teacher['key']}: test {teacher['test_accuracy']:.2%}, "
+        + (f"{teacher['flops']:,} FLOPs |" if teacher.get("flops") else "FLOPs not counted (brought teacher) |")
+        if teacher else "| teacher | none (labels only) |",
+        f"| latency per image (1 thread, batch 1) | PyTorch {lat['pytorch']:.0f} µs, "
+        f"onnxruntime {lat['onnxruntime']:.0f} µs |",
+        f"| ONNX vs PyTorch | max abs diff {card['onnx_max_abs_diff']:.1e} on {card['check_batch']} images |",
+        "", f"FLOP convention: {card['flop_convention']}.", "",
+        "Files: `spec.json` (architecture), `weights.safetensors`, `model.ts` (TorchScript), `model.onnx`.",
+        "Load in Python: `nas_kd.load_student(folder)`.", "",
+    ]
+    return "\n".join(lines)
