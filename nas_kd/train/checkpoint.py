@@ -27,4 +27,4 @@ def resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     g.set_state(state["rng"])
-    return int(state["step"]), float(state.get("seconds", 0.0))  # a checkpoint may predate "seconds"
+    return int(state["step"]), float(state.get("seconds", 0.0))  # no "seconds" (an older checkpoint): none counted

@@ -35,6 +35,7 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
 
 
 def total_steps(settings: TrainSettings, n_images: int) -> int:
+    """SGD steps of the whole run: ``settings.epochs`` (possibly fractional) times the steps of an epoch."""
     return max(1, int(round(settings.epochs * steps_per_epoch(n_images, settings.batch_size))))
 
 

@@ -45,6 +45,7 @@ _STEPS: dict[str, StepBuilder] = {}
 
 
 def register_step(name: str) -> Callable[[StepBuilder], StepBuilder]:
+    """Register a step builder under ``name`` (the name ``choose_step`` returns for its kind of target)."""
     def wrap(fn: StepBuilder) -> StepBuilder:
         _STEPS[name] = fn
         return fn
@@ -70,6 +71,7 @@ def choose_step(kd: KDSettings, *, cached_logits: bool, teacher: nn.Module | Non
 
 
 def build_step(name: str, inputs: StepInputs) -> LossStep:
+    """The step registered as ``name``, built for this run (feature adapters are created here)."""
     return _STEPS[name](inputs)
 
 
