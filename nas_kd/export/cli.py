@@ -25,6 +25,11 @@ from nas_kd.train import AUGMENTATIONS
 STOPPED = "no export was written; training is checkpointed every epoch, so the same command resumes it"
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Run the command with ``argv`` (default: sys.argv); 0 when exported, 2 on a mistake, 130 after a stop."""
+    return run_command(lambda: _export(parser().parse_args(argv)), on_interrupt=STOPPED)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nas_kd.export", description=__doc__.splitlines()[0])
     p.add_argument("--study-name", required=True)
@@ -48,11 +53,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     p.add_argument("--threads", type=positive_int("--threads"), help="PyTorch CPU threads (default: every core)")
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command with ``argv`` (default: sys.argv); 0 when exported, 2 on a mistake, 130 after a stop."""
-    return run_command(lambda: _export(parser().parse_args(argv)), on_interrupt=STOPPED)
 
 
 def _export(a: argparse.Namespace) -> int:
