@@ -35,7 +35,7 @@ def main() -> None:
     base = {"date": date.today().isoformat(), "machine": f"{platform.machine()} 1 thread", "budget": a.budget}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        _run("nas_kd.search.cli", "--dataset", "digits", "--budget", a.budget, "--trials", a.trials, "--threads", "1",
+        _run("nas_kd.search", "--dataset", "digits", "--budget", a.budget, "--trials", a.trials, "--threads", "1",
              "--studies-dir", tmp, "--study-name", "digits")
         for seed in range(a.seeds):
             out = Path(tmp) / f"export-{seed}"

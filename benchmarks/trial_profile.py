@@ -27,11 +27,16 @@ import optuna
 import torch
 from csv_rows import append_rows
 
+import nas_kd.search.candidate as candidate
 import nas_kd.search.loop as trial_loop
 from nas_kd.distill.losses import KDSettings
 from nas_kd.model.builder import build_student
+from nas_kd.model.spec import ArchSpec
 from nas_kd.progress import Progress
+from nas_kd.search.candidate import trial_settings
 from nas_kd.search.config import SearchConfig
+from nas_kd.search.prepare import Run, prepare
+from nas_kd.search.space import SearchSpace
 from nas_kd.train import TrainSettings, train_model
 
 HERE = Path(__file__).parent
@@ -87,41 +92,41 @@ def _hook_student(model: torch.nn.Module) -> torch.nn.Module:
 
 def profile_search(cfg: SearchConfig) -> tuple[dict[str, float], int, float]:
     """Run ``cfg`` with timers in place; return seconds per stage, trials trained and total wall time."""
-    patches = {
-        "build_student": lambda f: _timed("building", lambda spec: _hook_student(f(spec))),
-        "analytic_flops": lambda f: _timed("cost: analytic screen", f),
-        "count_cost": lambda f: _timed("cost: fvcore count", f),
-        "train_model": _training_timer,
-        "accuracy": _eval_timer,
+    patches = {  # (module that calls it, name): timer
+        (trial_loop, "build_student"): lambda f: _timed("building", lambda spec: _hook_student(f(spec))),
+        (candidate, "analytic_flops"): lambda f: _timed("cost: analytic screen", f),
+        (candidate, "count_cost"): lambda f: _timed("cost: fvcore count", f),
+        (candidate, "train_model"): _training_timer,
+        (candidate, "accuracy"): _eval_timer,
     }
-    saved = {name: getattr(trial_loop, name) for name in patches}
+    saved = {where: getattr(*where) for where in patches}
     saved_backward, saved_step = torch.Tensor.backward, torch.optim.SGD.step
     saved_ask = optuna.Study.ask
-    for name, wrap in patches.items():
-        setattr(trial_loop, name, wrap(saved[name]))
+    for where, wrap in patches.items():
+        setattr(*where, wrap(saved[where]))
     torch.Tensor.backward = _timed("student backward", saved_backward)
     torch.optim.SGD.step = _timed("optimiser step", saved_step)
     optuna.Study.ask = _timed("sampling (ask)", saved_ask)
-    space_sample = trial_loop.SearchSpace.sample
-    trial_loop.SearchSpace.sample = _timed("sampling (space)", space_sample)
+    space_sample = SearchSpace.sample
+    SearchSpace.sample = _timed("sampling (space)", space_sample)
     try:
         progress = Progress(quiet=True)
-        run = trial_loop.prepare(cfg, progress)
+        run = prepare(cfg, progress)
         TIMES.clear()  # the per-process preparation (data, teacher logits) is not a trial's cost
         start = time.perf_counter()
         stats = trial_loop.run_trials(run, progress)
         wall = time.perf_counter() - start
     finally:
-        for name, fn in saved.items():
-            setattr(trial_loop, name, fn)
+        for (module, name), fn in saved.items():
+            setattr(module, name, fn)
         torch.Tensor.backward, torch.optim.SGD.step, optuna.Study.ask = saved_backward, saved_step, saved_ask
-        trial_loop.SearchSpace.sample = space_sample
-    return dict(TIMES), stats["trained"], wall
+        SearchSpace.sample = space_sample
+    return dict(TIMES), stats.trained, wall
 
 
-def kd_vs_labels(run: trial_loop.Run, specs: list, rounds: int) -> tuple[float, float]:
+def kd_vs_labels(run: Run, specs: list, rounds: int) -> tuple[float, float]:
     """Seconds to train ``specs`` as search trials with KD from cached logits, and with labels only."""
-    settings = trial_loop.trial_settings(run.cfg, len(run.y_train))
+    settings = trial_settings(run.cfg, len(run.y_train))
     totals = {"kd": 0.0, "labels": 0.0}
     for r in range(rounds):
         for spec in specs:
@@ -152,7 +157,7 @@ def bare_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: i
     return time.perf_counter() - start
 
 
-def loop_vs_bare(run: trial_loop.Run, specs: list, rounds: int) -> list[tuple[str, float, float]]:
+def loop_vs_bare(run: Run, specs: list, rounds: int) -> list[tuple[str, float, float]]:
     """Samples/s of ``train_model`` (label-only, no augmentation) and of ``bare_loop``, per spec."""
     bs = 128
     steps = len(run.y_train) // bs
@@ -208,9 +213,9 @@ def main() -> None:
         record("time share", "wall seconds per trained trial", wall / max(1, trained), "s")
 
         cfg = replace(cfg, study_name="profile")
-        run = trial_loop.prepare(cfg, Progress(quiet=True))
+        run = prepare(cfg, Progress(quiet=True))
         done = [t for t in run.study.trials if t.user_attrs.get("status") == "trained"]
-        specs = [trial_loop.ArchSpec.from_dict(t.user_attrs["spec"]) for t in done[:4]]
+        specs = [ArchSpec.from_dict(t.user_attrs["spec"]) for t in done[:4]]
         kd_s, labels_s = kd_vs_labels(run, specs, a.rounds)
         print(f"2. KD trial / label-only trial: {kd_s / labels_s:.3f} ({kd_s:.1f} s vs {labels_s:.1f} s, "
               f"{len(specs)} candidates × {a.rounds} rounds, alternating)")
@@ -220,7 +225,7 @@ def main() -> None:
 
         by_flops = sorted(done, key=lambda t: t.user_attrs["flops"])
         picks = [by_flops[0], by_flops[len(by_flops) // 2], by_flops[-1]]
-        specs = [trial_loop.ArchSpec.from_dict(t.user_attrs["spec"]) for t in picks]
+        specs = [ArchSpec.from_dict(t.user_attrs["spec"]) for t in picks]
         print("3. our loop vs a bare PyTorch loop (samples/s, label-only, no augmentation):")
         for (summary, ours, bare), t in zip(loop_vs_bare(run, specs, a.rounds), picks, strict=True):
             flops = t.user_attrs["flops"]

@@ -93,13 +93,20 @@ def test_a_diverging_trial_fails_alone_with_its_reason(tmp_path, cache_dir, caps
      (["--study-name", "../escape"], "study name"),
      (["--alpha", "2"], "--alpha must be in"),
      (["--kd", "nope"], "unknown distillation loss"),
-     (["--kd", "search", "--alpha", "0"], "--kd search chooses alpha")],
+     (["--kd", "search", "--alpha", "0"], "--kd search chooses alpha"),
+     (["--threads", "0"], "--threads must be at least 1, got 0"),
+     (["--workers", "0"], "--workers must be at least 1, got 0"),
+     (["--trials", "0"], "--trials must be at least 1, got 0"),
+     (["--trials", "two"], "--trials must be a whole number"),
+     (["--timeout", "-5"], "--timeout must be a positive number of seconds, got -5"),
+     (["--sampler", "grid"], "invalid choice: 'grid'")],
 )
 def test_bad_input_exits_2_with_one_clear_message(tmp_path, cache_dir, capsys, args, message):
     assert run(tmp_path, cache_dir, "--trials", "1", *args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
-    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "studies" / "t.db").exists()  # refused before any study exists
 
 
 def test_missing_dataset_files_say_how_to_get_them(tmp_path, capsys):
@@ -196,10 +203,11 @@ def test_kd_search_chooses_a_recipe_per_trial_and_reports_the_winners(tmp_path, 
 class _Done:
     def __init__(self, number, acc, flops, status="trained"):
         self.number, self.values, self.user_attrs = number, [acc, flops], {"status": status}
+        self.state = optuna.trial.TrialState.COMPLETE
 
 
 def test_early_stop_bar_is_the_best_cheaper_trial_minus_a_90th_percentile_gain():
-    from nas_kd.search.loop import _stop_below
+    from nas_kd.search.early_stop import stop_below as _stop_below
 
     known = [_Done(0, 0.80, 1000), _Done(1, 0.90, 3000), _Done(2, 0.95, 9000)]
     gains = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.20]
@@ -208,14 +216,16 @@ def test_early_stop_bar_is_the_best_cheaper_trial_minus_a_90th_percentile_gain()
     assert "trial #1" in reason and "{:.2%}" in reason
     assert _stop_below(known, 500, gains) is None  # nothing cheaper is trained: never stopped
     assert _stop_below(known, 5000, gains[:4]) is None  # too few gains observed to calibrate
+    stopped = [_Done(0, 0.80, 1000), _Done(1, 0.99, 3000, status="stopped early")]
+    assert _stop_below(stopped, 5000, gains)[0] == pytest.approx(0.80 - 0.20)  # only trained trials count
 
 
 def test_early_stop_halts_a_dominated_candidate_half_way(tmp_path, cache_dir, monkeypatch):
     import nas_kd.search.loop as loop
 
     # every trained trial is scored half-way; the rule's verdict is forced to "stop" from the third on
-    real = loop._stop_below
-    monkeypatch.setattr(loop, "_stop_below", lambda known, flops, gains: (
+    real = loop.stop_below
+    monkeypatch.setattr(loop, "stop_below", lambda known, flops, gains: (
         (2.0, "forced {:.2%}") if len(list(known)) >= 2 else real(known, flops, gains)))
     assert run(tmp_path, cache_dir, "--trials", "4", "--no-warm-start", name="es") == 0  # on by default
     study = load(tmp_path, "es")
@@ -230,7 +240,40 @@ def test_early_stop_halts_a_dominated_candidate_half_way(tmp_path, cache_dir, mo
 def test_no_early_stop_trains_every_candidate_to_the_end(tmp_path, cache_dir, monkeypatch):
     import nas_kd.search.loop as loop
 
-    monkeypatch.setattr(loop, "_stop_below", lambda known, flops, gains: (2.0, "forced {:.2%}"))
+    monkeypatch.setattr(loop, "stop_below", lambda known, flops, gains: (2.0, "forced {:.2%}"))
     assert run(tmp_path, cache_dir, "--trials", "2", "--no-early-stop", "--no-warm-start", name="full") == 0
     done = trained(load(tmp_path, "full"))
     assert len(done) == 2 and not any("mid_val" in t.user_attrs for t in done)
+
+
+def test_settings_are_those_of_the_run_that_created_the_study_with_every_flag(tmp_path, cache_dir):
+    import argparse
+
+    from nas_kd.search.cli import build_parser
+
+    assert run(tmp_path, cache_dir, "--trials", "1", "--seed", "3", name="set") == 0
+    first = load(tmp_path, "set").user_attrs["nas_kd.settings"]
+    flags = first["flags"]
+    assert flags["--budget"] == "150kFLOPs" and flags["--epochs"] == "4" and flags["--trials"] == "1"
+    assert flags["--seed"] == "3" and flags["--study-name"] == "set" and flags["--threads"] == "2"
+    assert flags["--timeout"] == "none" and flags["--no-early-stop"] == "no" and flags["--device"] == "cpu"
+    assert flags["--teacher"] == "quick"  # the effective value: the tiny dataset's default teacher
+    options = {a.option_strings[-1] for a in build_parser()._actions if a.help != argparse.SUPPRESS}
+    assert set(flags) == options - {"--help"}  # every flag of the search, each with a value
+    assert all(isinstance(v, str) for v in flags.values())
+    # resumed with another number of trials and a timeout: the study keeps the settings it was created with
+    assert run(tmp_path, cache_dir, "--trials", "2", "--seed", "3", "--timeout", "0.001", name="set") == 0
+    assert load(tmp_path, "set").user_attrs["nas_kd.settings"] == first
+
+
+def test_the_storage_url_can_come_from_the_environment(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("NAS_KD_STORAGE", url)
+    assert run(tmp_path, tmp_path / "cache", "--trials", "1", "--alpha", "0", name="env") == 0
+    assert not (tmp_path / "studies" / "env.db").exists()
+    study = optuna.load_study(study_name="env", storage=url)
+    assert len(trained(study)) == 1 and study.user_attrs["nas_kd.settings"]["flags"]["--storage"] == url
+    # --storage, when given, wins over the environment
+    other = f"sqlite:///{tmp_path / 'given.db'}"
+    assert run(tmp_path, tmp_path / "cache", "--trials", "1", "--alpha", "0", "--storage", other, name="env") == 0
+    assert len(trained(optuna.load_study(study_name="env", storage=other))) == 1

@@ -60,6 +60,61 @@ def test_two_workers_on_a_real_postgresql_server(tmp_path, cache_dir, capsys):
                     if t.user_attrs.get("status") == "trained"]) == 5
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command name)"
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _worker_command_lines(proc: subprocess.Popen, n: int, timeout: float = 300) -> list[str]:
+    """The command lines of ``proc``'s ``n`` worker processes, read while they run."""
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"only {len(seen)} workers started in time"
+        for pid in _children(proc.pid):
+            try:
+                line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "--worker-index" in line:  # started (a child not yet exec'd still shows its parent's line)
+                seen[pid] = line
+        time.sleep(0.05)
+    return list(seen.values())
+
+
+@pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL is not installed (.ci/run installs it)")
+def test_local_workers_get_the_database_password_outside_their_command_lines(tmp_path, cache_dir):
+    # Any local user can read a process's command line (ps, /proc/PID/cmdline), not its environment.
+    pytest.importorskip("psycopg")
+    with postgres_server() as url:
+        password = "s3cret-pw"
+        assert password in url  # trust authentication ignores it, but it is in the URL the user gave
+        cmd = [sys.executable, "-m", "nas_kd.search", *ARGS, "--studies-dir", str(tmp_path), "--cache-dir",
+               str(cache_dir), "--study-name", "pwd", "--storage", url, "--trials", "2", "--workers", "2"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            lines = _worker_command_lines(proc, 2)
+            out, err = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert len(lines) == 2 and all("nas_kd.search" in line for line in lines)
+        assert not [line for line in lines if password in line or "--storage" in line], lines
+        assert proc.returncode == 0, err[-4000:]
+        _check_shared_study(optuna.load_study(study_name="pwd", storage=url), total=2, workers=2)
+        assert password not in out + err
+
+
 def test_unreachable_database_is_one_clear_line_without_the_password(tmp_path, capsys):
     url = "postgresql://user:hunter2-pw@127.0.0.1:1/nothing"
     code = main([*ARGS, "--studies-dir", str(tmp_path), "--storage", url, "--trials", "1", "--alpha", "0"])

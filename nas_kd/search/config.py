@@ -1,18 +1,23 @@
-"""The settings of one search run: one dataclass, parsed once, stored with the study."""
+"""The settings of one search run: one dataclass, parsed once, stored with the study.
+
+Its field defaults are the command line's defaults too (``nas_kd.search.cli`` reads them from here).
+"""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nas_kd.distill.losses import KDSettings
+from nas_kd.distill import KDSettings
 from nas_kd.errors import UserError
 from nas_kd.quantity import format_quantity
-from nas_kd.train.loop import TrainSettings
+from nas_kd.study.storage import check_study_name
+from nas_kd.train import TrainSettings
 
 SAMPLERS = ("tpe", "random", "nsga2")
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+STORAGE_ENV = "NAS_KD_STORAGE"  # the storage URL when --storage is not given (keeps a password out of argv)
 
 
 @dataclass(frozen=True)
@@ -41,25 +46,23 @@ class SearchConfig:
     studies_dir: str = "studies"
     sampler: str = "tpe"
     warm_start: bool = True  # a new study trains the space's hand designs first
-    early_stop: bool = True  # stop half-way a candidate that cannot reach the front (see trial_loop)
+    early_stop: bool = True  # stop half-way a candidate that cannot reach the front (see early_stop)
     cache_dir: str | None = None  # teachers and their logits; default ~/.cache/nas_kd
     device: str = "auto"
-    threads: int | None = None
+    threads: int | None = None  # PyTorch CPU threads; None: the cores, shared among the workers
     workers: int = 1  # local worker processes sharing the study
     worker_index: int | None = None  # set in a worker process started by --workers
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
-        if self.trials < 1:
-            raise UserError("--trials must be at least 1")
-        if self.workers < 1:
-            raise UserError("--workers must be at least 1")
-        if self.study_name is not None and not _STUDY_NAME.match(self.study_name):
-            raise UserError(
-                f"study name {self.study_name!r} is not allowed: use letters, digits, '.', '_' "
-                "or '-' (it names files), at most 100 characters"
-            )
+        for flag, value in (("--trials", self.trials), ("--workers", self.workers), ("--threads", self.threads)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} must be at least 1, got {value}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise UserError(f"--timeout must be a positive number of seconds, got {self.timeout:g}")
+        if self.study_name is not None:
+            check_study_name(self.study_name)
         if not 0 <= self.kd.alpha <= 1:
             raise UserError(f"--alpha must be in [0, 1], got {self.kd.alpha}")
         if self.kd.temperature <= 0:
@@ -81,8 +84,15 @@ class SearchConfig:
         return Path(self.studies_dir) / self.name
 
     @property
+    def training_threads(self) -> int:
+        """PyTorch threads of each process that trains trials: ``threads``, or the machine's cores
+        shared evenly among the local workers."""
+        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+
+    @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{Path(self.studies_dir) / (self.name + '.db')}"
 
     def to_dict(self) -> dict:
+        """Every field as plain data (nested settings as dicts), as recorded with the study."""
         return asdict(self)

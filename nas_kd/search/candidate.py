@@ -1,0 +1,63 @@
+"""One candidate student: its cost (cheap when it is over budget), its training and score, its weights."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+
+from nas_kd.distill import KDSettings, needs_features
+from nas_kd.files import save_torch
+from nas_kd.model.cost import Cost, analytic_flops, count_cost, count_params
+from nas_kd.model.spec import ArchSpec
+from nas_kd.search.config import SearchConfig
+from nas_kd.search.early_stop import PROBE_IMAGES, check_half_way
+from nas_kd.search.prepare import Run
+from nas_kd.train import TrainSettings, accuracy, at_least_steps, train_model
+
+
+def screen_cost(model: torch.nn.Module, spec: ArchSpec, shape: tuple[int, int, int], budget: int) -> Cost:
+    """The candidate's cost, cheaply when it is over budget: the analytic count (microseconds,
+    equal to fvcore's on every spec tested) rejects it; fvcore (~0.5 s) counts those that train."""
+    flops = analytic_flops(spec, shape)
+    if flops > budget:
+        return Cost(flops=flops, params=count_params(model))
+    return count_cost(model, shape)
+
+
+def trial_settings(cfg: SearchConfig, n_images: int) -> TrainSettings:
+    """``cfg.train``, with more epochs when ``--epochs`` would give fewer than ``cfg.min_steps`` steps."""
+    epochs = at_least_steps(cfg.train.epochs, n_images, cfg.train.batch_size, cfg.min_steps)
+    return replace(cfg.train, epochs=epochs)
+
+
+def train_candidate(run: Run, model: torch.nn.Module, kd: KDSettings, show: Callable[[str], None],
+                    bar: tuple[float, str] | None = None) -> tuple[float, float, float | None]:
+    """Train one candidate on the run's fixed subset and score it on validation (KD from cached
+    logits; feature losses also run the teacher on each batch).
+
+    With early stopping it is also scored half-way on ``PROBE_IMAGES`` validation images and
+    stopped there (StoppedEarly) if that score is under ``bar``. ``show`` gets the progress text.
+    Returns validation accuracy, training seconds and half-way accuracy (None without a probe)."""
+    model = model.to(run.device).to(memory_format=torch.channels_last)
+    x_probe, y_probe = run.split.x_val[:PROBE_IMAGES], run.split.y_val[:PROBE_IMAGES]
+    mid: list[float] = []
+
+    def on_step(step: int, total: int, _loss: float) -> None:
+        show(f"training {step / total:.0%}")
+        if run.cfg.early_stop and step == total // 2 and step > 0:
+            mid.append(accuracy(model, x_probe, y_probe))
+            model.train()
+            check_half_way(mid[0], bar)
+
+    result = train_model(model, run.x_train, run.y_train, trial_settings(run.cfg, len(run.y_train)), kd=kd,
+                         teacher_logits=run.teacher_logits,
+                         teacher=run.teacher if needs_features(kd.loss) else None, on_step=on_step)
+    return accuracy(model, run.split.x_val, run.split.y_val), result.seconds, (mid[0] if mid else None)
+
+
+def save_weights(cfg: SearchConfig, number: int, model: torch.nn.Module) -> None:
+    """The trained candidate's state dict, for export to start from: ``OUT/trials/NUMBER.pt``."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_torch(state, cfg.out_dir / "trials" / f"{number}.pt")

@@ -1,0 +1,70 @@
+"""``--workers N``: local processes that share one study, started with the parent's settings.
+
+Each worker is ``python -m nas_kd.search`` with the parent's flags, its share of the trials and
+threads, and a hidden ``--worker-index``. The storage URL (which may hold a password) is handed
+over in the environment, never on the command line, where any local user could read it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from nas_kd.progress import Progress
+from nas_kd.search.config import STORAGE_ENV, SearchConfig
+from nas_kd.search.flags import command_line, flag_values
+
+
+def run_workers(cfg: SearchConfig, progress: Progress) -> int:
+    """Start ``cfg.workers`` processes that share the study and wait for all of them.
+
+    Returns 0 when every worker finished, 2 when one stopped on a user error, else 1."""
+    threads = cfg.training_threads
+    shares = [cfg.trials // cfg.workers + (i < cfg.trials % cfg.workers) for i in range(cfg.workers)]
+    progress.log(f"starting {cfg.workers} workers ({threads} thread(s) each; trials {shares})")
+    env = {**os.environ, "NAS_KD_PROGRESS": "lines", STORAGE_ENV: cfg.storage_url}
+    # Each worker gets its own process group, so a terminal's Ctrl-C reaches only this process,
+    # which stops every worker exactly once, with SIGTERM: a worker started from a script's
+    # background job inherits an ignored SIGINT, but never an ignored SIGTERM.
+    group = {} if os.name != "posix" else (
+        {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp})
+    procs = [subprocess.Popen([sys.executable, "-m", "nas_kd.search", *worker_args(cfg, i, n, threads)],
+                              env=env, **group)
+             for i, n in enumerate(shares) if n > 0]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        _stop(procs)
+        raise
+    for i, code in enumerate(codes):
+        if code < 0:
+            progress.log(f"worker {i} was stopped by signal {-code}; its running trial is failed by the "
+                         "heartbeat check, finished trials are kept")
+    bad = [c for c in codes if c != 0]
+    if not bad:
+        return 0
+    return 2 if 2 in bad else 1
+
+
+def worker_args(cfg: SearchConfig, index: int, trials: int, threads: int) -> list[str]:
+    """The command line of one local worker: this run's flags, its share of trials and threads.
+    No ``--storage``: the worker reads the URL from ``NAS_KD_STORAGE``."""
+    return command_line({**flag_values(cfg), "--storage": None, "--workers": None, "--trials": str(trials),
+                         "--threads": str(threads), "--worker-index": str(index)})
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Each worker fails its running trial and exits; a second Ctrl-C meanwhile stops them at once."""
+    for attempt in range(2):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        try:
+            for p in procs:
+                p.wait()
+            return
+        except KeyboardInterrupt:
+            if attempt:
+                raise
