@@ -169,3 +169,37 @@ def test_labels_only_training_ignores_the_kd_loss_it_names():
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="unknown KD loss 'nope'"):
         train_model(_student(), x, y, settings, kd=KDSettings(loss="nope", alpha=0.0))
+
+
+def test_training_in_rungs_from_checkpoints_equals_training_straight_through(tmp_path):
+    """A search promotion: rung 0 trains 4 steps (stopping inside epoch 2), is checkpointed, and later
+    resumes to 8 steps with the schedule restarted at step 4; that is the run trained straight through
+    with the same restart, weights and all."""
+    straight, result = _train("hinton-cached", steps=8, restarts=(4,))
+    assert result.steps == 8
+    ckpt = tmp_path / "trial.ckpt"
+    _, first = _train("hinton-cached", steps=4, checkpoint=ckpt)
+    assert first.steps == 4 and ckpt.exists()
+    promoted, second = _train("hinton-cached", steps=8, restarts=(4,), checkpoint=ckpt)
+    assert second.steps == 8
+    for a, b in zip(straight.state_dict().values(), promoted.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    without_restart, _ = _train("hinton-cached", steps=8)  # the restart changes the run: it is really used
+    assert not all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(),
+                                                      without_restart.state_dict().values(), strict=True))
+
+
+def test_each_segment_of_a_restarted_schedule_anneals_towards_zero():
+    from nas_kd.train.schedule import one_cycle, segment
+
+    assert segment(0, 12, (4,)) == (0, 4) and segment(4, 12, (4,)) == (4, 12) and segment(11, 12, (4,)) == (4, 12)
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    lrs = []
+    for first, end in ((0, 4), (4, 12)):
+        sched = one_cycle(opt, 0.1, end - first)
+        for _ in range(end - first):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+    assert max(lrs[:4]) == pytest.approx(0.1, rel=0.3) and lrs[3] < 0.02  # rung 0 ends near zero
+    assert lrs[4] < lrs[5] and lrs[11] < 0.01  # rung 1 warms up again, then anneals
