@@ -1,9 +1,13 @@
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_SHIPPED = ROOT / "nas_kd" / "shipped_teachers"
+TINY_SHIPPED = ROOT / "tests" / "fixtures" / "shipped"  # the tiny teacher and its logits, shipped-style
 
 # The tiny dataset and its teacher recipes are a plugin (tests/tiny.py), so every process the tests
 # start (CLI subprocesses, search workers) finds them by name: the environment is inherited.
@@ -26,7 +30,21 @@ def _teachers_are_trained_not_shipped(tmp_path_factory):
     os.environ.pop("NAS_KD_SHIPPED_DIR", None)
 
 
+@pytest.fixture(scope="session")
+def shipped_teachers(tmp_path_factory):
+    """The package's shipped teachers plus the tiny fixture's, in one folder like the package's."""
+    folder = tmp_path_factory.mktemp("shipped") / "shipped_teachers"
+    shutil.copytree(PACKAGE_SHIPPED, folder)
+    shutil.copytree(TINY_SHIPPED, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("MANIFEST.json"))
+    for manifest in TINY_SHIPPED.rglob("MANIFEST.json"):
+        merged = folder / manifest.relative_to(TINY_SHIPPED)
+        entries = json.loads(merged.read_text()) if merged.exists() else {}
+        merged.write_text(json.dumps({**entries, **json.loads(manifest.read_text())}, indent=2, sort_keys=True))
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _shipped_marker(request, monkeypatch):
+    """Tests marked ``shipped`` see the shipped teachers (the package's and the tiny one)."""
     if request.node.get_closest_marker("shipped") is not None:
-        monkeypatch.delenv("NAS_KD_SHIPPED_DIR")
+        monkeypatch.setenv("NAS_KD_SHIPPED_DIR", str(request.getfixturevalue("shipped_teachers")))

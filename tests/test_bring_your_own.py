@@ -11,7 +11,7 @@ from torch import nn
 
 from nas_kd.data import load_dataset, split_dataset
 from nas_kd.search.cli import main
-from nas_kd.teacher.load import load_or_train_teacher
+from nas_kd.teacher import load_or_train_teacher
 
 
 def _patterns(n, size, channels, classes, seed=0):

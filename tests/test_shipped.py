@@ -2,16 +2,22 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import optuna
 import pytest
 import torch
 
+from nas_kd.data import default_val_size, load_dataset, split_dataset
+from nas_kd.files import sha256_file
 from nas_kd.search.cli import main as search_main
-from nas_kd.teacher.load import MANIFEST, main, sha256_file, shipped_dir, shipped_manifest
-from nas_kd.teacher.nets import build_teacher
+from nas_kd.teacher import RECIPES, build_teacher, default_teacher, load_teacher, teacher_logits
+from nas_kd.teacher.cache import LOGITS_DIR, MANIFEST, shipped_dir, shipped_manifest, shipped_manifest_of
+from nas_kd.teacher.cli import main
+from nas_kd.train import predict_logits
 
 pytestmark = pytest.mark.shipped
+PACKAGE_SHIPPED = Path(__file__).resolve().parent.parent / "nas_kd" / "shipped_teachers"
 
 
 def test_every_shipped_file_matches_the_manifest_and_loads_weights_only():
@@ -25,13 +31,18 @@ def test_every_shipped_file_matches_the_manifest_and_loads_weights_only():
             model = build_teacher(info["arch"], state["stem.0.weight"].shape[1], state["fc.weight"].shape[0])
             model.load_state_dict(state)  # strict: the recorded architecture is the shipped one
             assert sum(p.numel() for p in model.parameters()) == info["params"]
-    total = sum(f.stat().st_size for f in shipped_dir().rglob("*") if f.is_file())  # weights and logits
+    total = sum(f.stat().st_size for f in PACKAGE_SHIPPED.rglob("*") if f.is_file())  # weights and logits
     assert total < 20 * 2**20
 
 
-def test_every_recipe_of_the_fashion_mnist_default_ships_with_all_its_members():
-    from nas_kd.teacher.load import RECIPES, default_teacher
+def test_the_package_ships_real_teachers_only_and_the_tests_their_own():
+    package = {**json.loads((PACKAGE_SHIPPED / MANIFEST).read_text()),
+               **json.loads((PACKAGE_SHIPPED / LOGITS_DIR / MANIFEST).read_text())}
+    assert package and not [k for k in package if "tiny" in k or "tiny" in str(package[k].get("teacher", ""))]
+    assert any(k.startswith("tiny-") for k in shipped_manifest())  # the tests' folder adds the fixture
 
+
+def test_every_recipe_of_the_fashion_mnist_default_ships_with_all_its_members():
     manifest = shipped_manifest()
     for recipe in default_teacher("fashion-mnist")[0]:
         keys = [k for k in manifest if k.startswith(f"fashion-mnist-{recipe}-")]
@@ -60,16 +71,11 @@ def test_a_fresh_machine_searches_with_the_shipped_teacher_at_once(tmp_path, cap
 
 
 def _tiny_split():
-    from nas_kd.data import default_val_size, load_dataset, split_dataset
-
     data = load_dataset("tiny")
     return split_dataset(data, val_size=default_val_size(len(data.y_train)), seed=0)
 
 
 def test_shipped_logits_are_the_shipped_teachers_own_and_cover_the_fashion_mnist_default(tmp_path):
-    from nas_kd.teacher.load import LOGITS_DIR, load_teacher, shipped_manifest_of, teacher_logits
-    from nas_kd.train.loop import predict_logits
-
     folder = shipped_dir() / LOGITS_DIR
     manifest = shipped_manifest_of(folder)
     for name, entry in manifest.items():
@@ -84,8 +90,6 @@ def test_shipped_logits_are_the_shipped_teachers_own_and_cover_the_fashion_mnist
 
 
 def test_tampered_shipped_logits_are_refused_with_exit_2(tmp_path, monkeypatch, capsys):
-    from nas_kd.teacher.load import LOGITS_DIR
-
     copy = tmp_path / "shipped"
     shutil.copytree(shipped_dir(), copy)
     name = next(n for n, e in json.loads((copy / LOGITS_DIR / MANIFEST).read_text()).items()

@@ -6,12 +6,22 @@ import shutil
 import pytest
 import torch
 
-import nas_kd.teacher.load as teacher_mod
+import nas_kd.teacher.load as load_mod
+import nas_kd.teacher.members as members_mod
+import nas_kd.teacher.recipes as recipes_mod
 from nas_kd.data import load_dataset, split_dataset
 from nas_kd.errors import UserError
-from nas_kd.teacher.load import EnsembleTeacher, load_or_train_teacher, main, teacher_logits
-from nas_kd.teacher.nets import build_teacher
-from nas_kd.train.loop import TrainSettings, accuracy, train_model
+from nas_kd.teacher import (
+    EnsembleTeacher,
+    build_teacher,
+    kd_targets,
+    load_or_train_teacher,
+    load_teacher,
+    teacher_logits,
+)
+from nas_kd.teacher.cache import ACCURACY, LOGITS_DIR
+from nas_kd.teacher.cli import main
+from nas_kd.train import TrainSettings, accuracy, train_model
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +32,10 @@ def split():
 
 def test_teacher_is_cached_and_reused(split, cache_dir):
     first = load_or_train_teacher(split, cache_dir=cache_dir)
-    assert first.info["val_accuracy"] > 0.5 and 0 <= first.info["test_accuracy"] <= 1
-    assert first.info["flops"] > 0 and first.info["params"] > 0
+    assert first.info.val_accuracy > 0.5 and 0 <= first.info.test_accuracy <= 1
+    assert first.info.flops > 0 and first.info.params > 0
     again = load_or_train_teacher(split, cache_dir=cache_dir, train=False)
-    assert again.info["sha256"] == first.info["sha256"]
+    assert again.info.sha256 == first.info.sha256
     x = split.x_val[:8]
     assert torch.allclose(first.model.eval()(x), again.model.eval()(x), atol=1e-5)
     logits = teacher_logits(again, split, cache_dir=cache_dir)
@@ -33,9 +43,21 @@ def test_teacher_is_cached_and_reused(split, cache_dir):
     assert torch.allclose(logits[:8], again.model(split.x_train[:8]), atol=1e-5)
 
 
+def test_the_records_a_study_and_a_model_card_keep(split, cache_dir):
+    single = load_or_train_teacher(split, cache_dir=cache_dir)
+    record = single.info.study_record()
+    assert list(record) == ["key", "sha256", "val_accuracy", "test_accuracy", "arch", "flops", "params"]
+    assert json.loads(json.dumps(record)) == record and record["arch"] == single.info.arch
+    card = single.info.card_record()
+    assert list(card) == ["key", "sha256", "val_accuracy", "test_accuracy", "flops", "params"]
+    pair = load_teacher(split, ("quick", "quick"), cache_dir=cache_dir)
+    assert pair.info.study_record()["arch"] == [single.info.arch, single.info.arch]
+    assert pair.info.kind == "ensemble" and pair.info.parts == (single.info.key, single.info.key)
+
+
 def test_tampered_teacher_file_is_refused(split, tmp_path):
     t = load_or_train_teacher(split, cache_dir=tmp_path)
-    weights = next((tmp_path / "teachers" / t.info["key"]).glob("member-0.pt"))
+    weights = next((tmp_path / "teachers" / t.info.key).glob("member-0.pt"))
     data = bytearray(weights.read_bytes())
     data[-20] ^= 0xFF
     weights.write_bytes(bytes(data))
@@ -52,16 +74,16 @@ def test_ensemble_averages_member_logits_exactly(split, cache_dir):
     assert not torch.allclose(a, b)  # two seeds, two different members
     weighted = EnsembleTeacher(list(ens.model.members), weights=[3.0, 1.0]).eval()
     assert torch.allclose(weighted(x), 0.75 * a + 0.25 * b, atol=1e-6)
-    assert ens.info["val_accuracy"] == pytest.approx(((a + b).argmax(1) == split.y_val).float().mean().item())
+    assert ens.info.val_accuracy == pytest.approx(((a + b).argmax(1) == split.y_val).float().mean().item())
 
 
 def test_an_ensembles_accuracy_is_measured_once_per_split(split, cache_dir, monkeypatch):
     first = load_or_train_teacher(split, recipe="ensemble", cache_dir=cache_dir)
-    monkeypatch.setattr(teacher_mod, "accuracy", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(load_mod, "accuracy", lambda *a, **k: pytest.fail("measured again"))
     again = load_or_train_teacher(split, recipe="ensemble", cache_dir=cache_dir, train=False)
-    assert (again.info["val_accuracy"], again.info["test_accuracy"]) == (
-        first.info["val_accuracy"], first.info["test_accuracy"])
-    cached = next((cache_dir / "teachers" / first.info["key"]).glob("ensemble-*.json"))
+    assert (again.info.val_accuracy, again.info.test_accuracy) == (
+        first.info.val_accuracy, first.info.test_accuracy)
+    cached = next((cache_dir / "teachers" / first.info.key).glob("ensemble-*.json"))
     cached.write_text(cached.read_text().replace('"split_seed": 0', '"split_seed": 9'))  # another split's
     with pytest.raises(pytest.fail.Exception, match="measured again"):
         load_or_train_teacher(split, recipe="ensemble", cache_dir=cache_dir, train=False)
@@ -70,19 +92,19 @@ def test_an_ensembles_accuracy_is_measured_once_per_split(split, cache_dir, monk
 def test_a_shipped_ensembles_recorded_accuracy_is_used_for_its_own_split_only(split, cache_dir, tmp_path,
                                                                               monkeypatch):
     first = load_or_train_teacher(split, recipe="ensemble", cache_dir=cache_dir)
-    shipped = tmp_path / "shipped" / teacher_mod.LOGITS_DIR
+    shipped = tmp_path / "shipped" / LOGITS_DIR
     shipped.mkdir(parents=True)
     record = {"split": split.identity, "val_accuracy": 0.123, "test_accuracy": 0.456}
-    (shipped / teacher_mod.ACCURACY).write_text(json.dumps({first.info["sha256"]: record}))
+    (shipped / ACCURACY).write_text(json.dumps({first.info.sha256: record}))
     monkeypatch.setenv("NAS_KD_SHIPPED_DIR", str(tmp_path / "shipped"))
-    monkeypatch.setattr(teacher_mod, "accuracy", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(load_mod, "accuracy", lambda *a, **k: pytest.fail("measured again"))
     fresh_cache = tmp_path / "cache"
-    shutil.copytree(cache_dir / "teachers" / first.info["key"], fresh_cache / "teachers" / first.info["key"],
+    shutil.copytree(cache_dir / "teachers" / first.info.key, fresh_cache / "teachers" / first.info.key,
                     ignore=shutil.ignore_patterns("ensemble-*.json"))  # its members, not its measured accuracy
     again = load_or_train_teacher(split, recipe="ensemble", cache_dir=fresh_cache, train=False)
-    assert (again.info["val_accuracy"], again.info["test_accuracy"]) == (0.123, 0.456)
+    assert (again.info.val_accuracy, again.info.test_accuracy) == (0.123, 0.456)
     record["split"] = {**split.identity, "split_seed": 9}  # recorded for another split: not used
-    (shipped / teacher_mod.ACCURACY).write_text(json.dumps({first.info["sha256"]: record}))
+    (shipped / ACCURACY).write_text(json.dumps({first.info.sha256: record}))
     with pytest.raises(pytest.fail.Exception, match="measured again"):
         load_or_train_teacher(split, recipe="ensemble", cache_dir=fresh_cache, train=False)
 
@@ -116,7 +138,7 @@ def test_training_resumes_exactly_after_an_interruption(split, tmp_path):
 
 
 def test_teacher_train_cli_resumes_after_interruption(tmp_path, monkeypatch, capsys):
-    real = teacher_mod.train_model
+    real = members_mod.train_model
     calls = {"n": 0}
 
     def interrupted_once(*args, **kwargs):
@@ -132,7 +154,7 @@ def test_teacher_train_cli_resumes_after_interruption(tmp_path, monkeypatch, cap
             kwargs["on_step"] = on_step
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(teacher_mod, "train_model", interrupted_once)
+    monkeypatch.setattr(members_mod, "train_model", interrupted_once)
     args = ["train", "--dataset", "tiny", "--cache-dir", str(tmp_path)]
     assert main(args) == 130
     assert list(tmp_path.glob("teachers/*/member-0.ckpt"))
@@ -148,7 +170,7 @@ def test_teacher_show_measures_test_accuracy(cache_dir, split, capsys):
     t = load_or_train_teacher(split, cache_dir=cache_dir)
     assert main(["show", "--dataset", "tiny", "--cache-dir", str(cache_dir)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[-1] == f"test accuracy: {t.info['test_accuracy']:.2%}"
+    assert out[-1] == f"test accuracy: {t.info.test_accuracy:.2%}"
     assert any(line.startswith("sha256: ") for line in out) and any("FLOPs" in line for line in out)
 
 
@@ -159,8 +181,6 @@ def test_show_without_a_trained_teacher_says_how_to_train(tmp_path, capsys):
 
 def test_search_with_two_teachers_distils_from_their_weighted_average(tmp_path, cache_dir, split, capsys):
     from nas_kd.search.cli import main as search_main
-    from nas_kd.teacher.load import load_teacher
-
     args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
             "--epochs", "1", "--batch-size", "32", "--trials", "1",
             "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "ens", "--threads", "2",
@@ -177,22 +197,20 @@ def test_search_with_two_teachers_distils_from_their_weighted_average(tmp_path, 
 
     study = optuna.load_study(study_name="ens", storage=f"sqlite:///{tmp_path / 'ens.db'}")
     recorded = study.user_attrs["nas_kd.teacher"]
-    assert recorded["sha256"] == teacher.info["sha256"] and "+" in recorded["key"]
-    assert study.user_attrs["nas_kd.identity"]["teacher"]["sha256"] == teacher.info["sha256"]
-    assert recorded["val_accuracy"] == pytest.approx(teacher.info["val_accuracy"])
+    assert recorded["sha256"] == teacher.info.sha256 and "+" in recorded["key"]
+    assert study.user_attrs["nas_kd.identity"]["teacher"]["sha256"] == teacher.info.sha256
+    assert recorded["val_accuracy"] == pytest.approx(teacher.info.val_accuracy)
     # the same run with other weights is another teacher: resuming with it is refused
     assert search_main([*args[:-1], "1,1"]) == 2
 
 
 def test_a_default_of_several_recipes_is_their_weighted_ensemble(split, cache_dir, monkeypatch, tmp_path, capsys):
-    from nas_kd.teacher.load import load_teacher
-
     named = load_teacher(split, ("quick", "ensemble"), (2.0, 1.0), cache_dir=cache_dir)
-    monkeypatch.setitem(teacher_mod.DEFAULT_TEACHER, "tiny", (("quick", "ensemble"), (2.0, 1.0)))
+    monkeypatch.setitem(recipes_mod.DEFAULT_TEACHER, "tiny", (("quick", "ensemble"), (2.0, 1.0)))
     default = load_teacher(split, (), cache_dir=cache_dir, train=False)
-    assert default.info["sha256"] == named.info["sha256"] and len(default.info["parts"]) == 2
+    assert default.info.sha256 == named.info.sha256 and len(default.info.parts) == 2
     assert torch.allclose(default.model(split.x_val), named.model(split.x_val), atol=1e-6)
-    assert default.info["val_accuracy"] == pytest.approx(accuracy(named.model, split.x_val, split.y_val))
+    assert default.info.val_accuracy == pytest.approx(accuracy(named.model, split.x_val, split.y_val))
     assert main(["show", "--dataset", "tiny", "--cache-dir", str(cache_dir)]) == 0
     out = capsys.readouterr().out
     assert "recipes quick+ensemble weighted [2.0, 1.0]" in out and "3 member(s)" in out
@@ -203,7 +221,7 @@ def test_a_default_of_several_recipes_is_their_weighted_ensemble(split, cache_di
     monkeypatch.setenv("NAS_KD_SHIPPED_DIR", str(tmp_path / "shipped"))
     assert main(["ship", "--dataset", "tiny", "--cache-dir", str(cache_dir)]) == 0
     manifest = json.loads((tmp_path / "shipped" / "MANIFEST.json").read_text())
-    assert sorted(manifest) == sorted(default.info["parts"])
+    assert sorted(manifest) == sorted(default.info.parts)
     assert sorted(len(members) for members in manifest.values()) == [1, 2]
 
 
@@ -230,7 +248,7 @@ def test_live_teacher_targets_equal_cached_logits_without_augmentation(split, ca
 
 def test_augmented_views_carry_their_own_teacher_logits(split, cache_dir):
     from nas_kd.distill.losses import KDSettings
-    from nas_kd.teacher.load import VIEWS, kd_targets
+    from nas_kd.teacher import VIEWS
 
     teacher = load_or_train_teacher(split, cache_dir=cache_dir)
     first = kd_targets(teacher, split, "views", "crop-flip", cache_dir=cache_dir)

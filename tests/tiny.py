@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from nas_kd.data import Dataset, register_dataset
+from nas_kd.teacher import TeacherRecipe, register_recipes
+from nas_kd.train import TrainSettings
 
 
 def make_tiny(n_train: int = 384, n_test: int = 128, size: int = 12, classes: int = 4) -> Dataset:
@@ -33,3 +35,12 @@ def make_tiny(n_train: int = 384, n_test: int = 128, size: int = 12, classes: in
 @register_dataset("tiny")
 def _tiny(data_dir: str | None) -> Dataset:
     return make_tiny()
+
+
+_SMALL_RESNET = {"arch": "resnet", "width": 8, "blocks": [1, 1]}
+_SETTINGS = TrainSettings(epochs=12, batch_size=32, lr=0.05, weight_decay=5e-4)
+register_recipes(
+    "tiny",
+    {"quick": TeacherRecipe(_SMALL_RESNET, _SETTINGS), "ensemble": TeacherRecipe(_SMALL_RESNET, _SETTINGS, members=2)},
+    default=(("quick",), None),
+)

@@ -2,6 +2,6 @@
 
 import sys
 
-from nas_kd.teacher.load import main
+from nas_kd.teacher.cli import main
 
 sys.exit(main())

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas_kd.data import call_factory
+from nas_kd.data import Split, call_factory
 from nas_kd.errors import UserError
-from nas_kd.teacher.load import sha256_file
+from nas_kd.files import sha256_file
+from nas_kd.model.cost import count_flops
+from nas_kd.train import accuracy
 
 TEACHER_INPUTS = ("normalised", "raw")
 
@@ -43,7 +45,7 @@ class OnnxTeacher(nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        import onnxruntime as ort
+        import onnxruntime as ort  # imported when an ONNX teacher is brought: it takes a while to load
 
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -63,7 +65,8 @@ class OnnxTeacher(nn.Module):
         return torch.from_numpy(np.asarray(out[0]))
 
 
-def load_external(source: str, weights_file: str | None, *, teacher_input: str, split) -> tuple[nn.Module, dict]:  # noqa: ANN001
+def load_external(source: str, weights_file: str | None, *, teacher_input: str,
+                  split: Split) -> tuple[nn.Module, dict]:
     """Load, wrap and check a brought teacher; return it with its description (key, sha256, ...)."""
     if teacher_input not in TEACHER_INPUTS:
         raise UserError(f"--teacher-input must be one of {', '.join(TEACHER_INPUTS)}, got {teacher_input!r}")
@@ -92,8 +95,6 @@ def load_external(source: str, weights_file: str | None, *, teacher_input: str, 
     params = getattr(model, "n_params", None) or sum(p.numel() for p in model.parameters())
     flops = None
     if kind == "factory":  # a plain nn.Module: fvcore counts it like our own teachers
-        from nas_kd.model.cost import count_flops
-
         try:
             flops = count_flops(model, split.input_shape)
         except Exception:  # noqa: BLE001 - informative only
@@ -136,9 +137,7 @@ def _from_factory(source: str, weights_file: str | None) -> nn.Module:
     return model
 
 
-def _check_output(model: nn.Module, source: str, split) -> None:  # noqa: ANN001
-    from nas_kd.train.loop import accuracy
-
+def _check_output(model: nn.Module, source: str, split: Split) -> None:
     x = split.x_val[:4]
     try:
         with torch.no_grad():
