@@ -20,6 +20,7 @@ DIRECTIONS = ("maximize", "minimize")  # validation accuracy, FLOPs
 IDENTITY_ATTR = "nas_kd.identity"  # what must not change on resume (checked by storage.check_identity)
 SETTINGS_ATTR = "nas_kd.settings"  # the creating run's settings, data description, space, flags
 TEACHER_ATTR = "nas_kd.teacher"  # the teacher's key, hash, accuracy and cost
+RUNGS_SUFFIX = ".rungs"  # the companion study NAME.rungs holds the promotions to longer rungs
 
 
 class Attr:
@@ -40,6 +41,10 @@ class Attr:
     WORKER = "worker"
     KD = "kd"  # this trial's recipe under --kd search
     WARM_START = "warm_start"  # the hand design's name
+    # on a promotion (a trial of the rungs study)
+    SOURCE = "source"  # the candidate's trial number in the search's study
+    RUNG = "rung"  # the rung it trains to (1, 2, ...)
+    CLAIM = "claim"  # a token naming the claim's maker
 
 
 class Status:
