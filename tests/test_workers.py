@@ -125,8 +125,7 @@ def test_unreachable_database_is_one_clear_line_without_the_password(tmp_path, c
 
 
 # The race tests start real processes (as `--workers` does), not fork()ed copies of pytest: a fork
-# of a process that has run torch, Optuna heartbeats and SQLite can inherit a held lock and hang
-# (CI once hung here for the whole of its time limit).
+# of a process that has run torch, Optuna heartbeats and SQLite can inherit a held lock and hang.
 _TOGETHER = """
 import json, os, sys, time
 from pathlib import Path
@@ -183,16 +182,16 @@ def _together(tmp_path, task: str, urls: list[str], n: int = 6, timeout: float =
 
 
 def test_workers_starting_together_on_a_fresh_database_all_open_it(tmp_path):
-    # Several processes creating one SQLite schema at once used to lose the race on CREATE TABLE or
-    # on the alembic version row (seen in CI: a search started while a reader opened its file).
+    # Several processes creating one SQLite schema at once race on CREATE TABLE and on the alembic
+    # version row (workers starting together, a reader opening the file while a search starts).
     urls = [f"sqlite:///{tmp_path / f'race{round_}.db'}" for round_ in range(4)]
     assert _together(tmp_path, "open", urls) == [["ok"] * 4] * 6
     assert len(optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'race0.db'}")) == 1
 
 
 def test_workers_never_pop_the_same_enqueued_trial_from_sqlite(tmp_path):
-    # SQLite ignores Optuna's SELECT ... FOR UPDATE: without ask_trial's lock, 6 processes popping
-    # 30 enqueued trials took the same one 4-13 times per run here.
+    # SQLite ignores Optuna's SELECT ... FOR UPDATE: without ask_trial's lock, processes popping
+    # enqueued trials at the same time can take the same one.
     from nas_kd.study.storage import open_study
 
     url = f"sqlite:///{tmp_path / 'queue.db'}"
