@@ -174,6 +174,15 @@ def test_teacher_show_measures_test_accuracy(cache_dir, split, capsys):
     assert any(line.startswith("sha256: ") for line in out) and any("FLOPs" in line for line in out)
 
 
+def test_zero_threads_is_a_usage_error_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--dataset", "tiny", "--threads", "0", "--cache-dir", str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threads must be at least 1, got 0" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_show_without_a_trained_teacher_says_how_to_train(tmp_path, capsys):
     assert main(["show", "--dataset", "tiny", "--cache-dir", str(tmp_path)]) == 2
     assert "python -m nas_kd.teacher train --dataset tiny" in capsys.readouterr().err

@@ -23,6 +23,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -57,28 +58,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("NAS_KD_CACHE_DIR", Path.home() / ".cache" / "nas_kd"))
 
 
-@dataclass(frozen=True)
-class MemberFiles:
-    """The files of one member: ``stem`` is ``.../KEY/member-I``."""
+class MemberFiles(NamedTuple):
+    """The files of one member, ``.../KEY/member-I`` with these suffixes."""
 
-    stem: Path
+    weights: Path  # .pt, the state dict
+    record: Path  # .json, its recipe, accuracy, cost, training time and SHA-256
+    checkpoint: Path  # .ckpt, while training
+    seconds: Path  # .time, training seconds so far, kept beside the checkpoint so a resumed run adds them up
 
-    @property
-    def weights(self) -> Path:
-        return self.stem.with_suffix(".pt")
-
-    @property
-    def record(self) -> Path:
-        return self.stem.with_suffix(".json")
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.stem.with_suffix(".ckpt")
-
-    @property
-    def seconds(self) -> Path:
-        """Training seconds so far, kept beside the checkpoint so a resumed run adds them up."""
-        return self.stem.with_suffix(".time")
+    @classmethod
+    def of(cls, stem: Path) -> MemberFiles:
+        return cls(*(stem.with_suffix(suffix) for suffix in (".pt", ".json", ".ckpt", ".time")))
 
 
 @dataclass(frozen=True)
@@ -95,7 +85,7 @@ class TeacherCache:
         return self.root / key
 
     def member(self, key: str, index: int) -> MemberFiles:
-        return MemberFiles(self.folder(key) / f"member-{index}")
+        return MemberFiles.of(self.folder(key) / f"member-{index}")
 
     def member_records(self, key: str) -> list[Path]:
         """The records of the members trained (or being trained) under ``key``."""

@@ -52,7 +52,7 @@ def _train(model: nn.Module, split: Split, recipe: TeacherRecipe, seed: int, fil
            progress: Progress, device: torch.device | str, label: str) -> tuple[nn.Module, dict]:
     resumed = " (resuming)" if files.checkpoint.exists() else ""
     progress.log(f"teacher: training {label}{resumed}: {recipe.train.epochs:g} epochs; cached for later runs")
-    files.stem.parent.mkdir(parents=True, exist_ok=True)
+    files.weights.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = model.to(device).to(memory_format=torch.channels_last)
     settings = TrainSettings(**{**asdict(recipe.train), "seed": seed})

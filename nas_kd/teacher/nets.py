@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -43,11 +45,9 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats, x = [], self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return feats
+        """The output of every stage (what feature losses distil from)."""
+        outputs = itertools.accumulate(self.stages, lambda h, stage: stage(h), initial=self.stem(x))
+        return list(outputs)[1:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.forward_features(x)[-1]), 1))
