@@ -9,6 +9,7 @@ its trainings are checkpointed every epoch, and the same command resumes an inte
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nas_kd.export", description=__doc__.splitlines()[0])
     p.add_argument("--study-name", required=True)
     p.add_argument("--studies-dir", default="studies")
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///STUDIES_DIR/NAME.db)")
+    p.add_argument("--storage", default=os.environ.get("NAS_KD_STORAGE"),
+                   help="Optuna storage URL (default: $NAS_KD_STORAGE, else sqlite:///STUDIES_DIR/NAME.db)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--trial", type=int, help="trial number to export")
     group.add_argument("--pick", default="best", help="best (default), knee, or max-acc-under:BUDGET (e.g. :2M)")
