@@ -66,12 +66,15 @@ def test_a_failed_claim_opens_the_promotion_again_and_a_finished_one_counts(tmp_
     claim = try_claim(rungs, result)
     assert claim is not None and claim.rung == 1 and promoted(rungs) == {(7, 0)}
     assert try_claim(rungs, result) is None  # taken
-    fail_claim(rungs, claim, "interrupted by the user")
+    fail_claim(rungs, claim, "interrupted by the user", reopen=True)
     assert promoted(rungs) == set()
     again = try_claim(rungs, result)
     assert again is not None and again.number > claim.number
     record_rung(rungs, again, 0.93, 12.5)
+    other = try_claim(rungs, RungResult(8, 0, 0.9, 1_000_000))
+    fail_claim(rungs, other, "TrialFailed: loss became nan", reopen=False)  # failed on its own: not again
+    assert try_claim(rungs, RungResult(8, 0, 0.9, 1_000_000)) is None
     done = [t for t in rungs.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert [(t.user_attrs["source"], t.user_attrs["rung"], t.values[0]) for t in done] == [(7, 1, 0.93)]
-    assert promoted(rungs) == {(7, 0)}
+    assert promoted(rungs) == {(7, 0), (8, 0)}
     assert Path(tmp_path / "s.db").exists()

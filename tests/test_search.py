@@ -227,7 +227,8 @@ def test_early_stop_halts_a_dominated_candidate_half_way(tmp_path, cache_dir, mo
     real = loop.stop_below
     monkeypatch.setattr(loop, "stop_below", lambda known, flops, gains: (
         (2.0, "forced {:.2%}") if len(list(known)) >= 2 else real(known, flops, gains)))
-    assert run(tmp_path, cache_dir, "--trials", "4", "--no-warm-start", name="es") == 0  # on by default
+    # on by default in a one-length search (with rungs, promotion does the culling)
+    assert run(tmp_path, cache_dir, "--trials", "4", "--no-warm-start", "--rungs", "1", name="es") == 0
     study = load(tmp_path, "es")
     done, stopped = trained(study), [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert len(done) >= 2 and len(done) + len(stopped) == 4
@@ -241,7 +242,8 @@ def test_no_early_stop_trains_every_candidate_to_the_end(tmp_path, cache_dir, mo
     import nas_kd.search.loop as loop
 
     monkeypatch.setattr(loop, "stop_below", lambda known, flops, gains: (2.0, "forced {:.2%}"))
-    assert run(tmp_path, cache_dir, "--trials", "2", "--no-early-stop", "--no-warm-start", name="full") == 0
+    assert run(tmp_path, cache_dir, "--trials", "2", "--no-early-stop", "--no-warm-start", "--rungs", "1",
+               name="full") == 0
     done = trained(load(tmp_path, "full"))
     assert len(done) == 2 and not any("mid_val" in t.user_attrs for t in done)
 

@@ -115,13 +115,16 @@ def _front_section(data: ReportData) -> str:
     if not data.front:
         return f'<p class="note">{_e(NO_FEASIBLE.capitalize())}.</p>'
     searched = any(r.kd for r in data.front)  # --kd search: show which recipe won each point
-    rows = [[r.number, f"{r.val_accuracy:.2%}", format_count(r.flops), format_count(r.params),
+    rows = [[r.number, f"{r.val_accuracy:.2%}", str(r.rung), " → ".join(f"{a:.2%}" for a in r.rung_accuracies),
+             format_count(r.flops), format_count(r.params),
              "-" if r.train_seconds is None else f"{r.train_seconds:.1f}", r.summary]
             + ([r.kd_text] if searched else []) for r in data.front]
     return ("<h3>The front, cheapest first</h3>"
-            + _table(["trial", "val accuracy", "FLOPs", "params", "train s", "architecture"]
-                     + (["KD recipe"] if searched else []), rows, table_id="front-table",
-                     numeric=frozenset({0, 1, 2, 3, 4})))
+            "<p class=\"note\">Accuracy at the longest rung each candidate reached; a candidate goes up a rung "
+            "when it ranks among the best third of a rung's results (Pareto rank, spread kept).</p>"
+            + _table(["trial", "val accuracy", "rung", "accuracy by rung", "FLOPs", "params", "train s",
+                      "architecture"] + (["KD recipe"] if searched else []), rows, table_id="front-table",
+                     numeric=frozenset({0, 1, 2, 4, 5, 6})))
 
 
 def _search_section(data: ReportData) -> str:

@@ -30,6 +30,8 @@ def flag_values(cfg: SearchConfig) -> dict[str, FlagValue]:
         "--studies-dir": c.studies_dir,
         "--sampler": c.sampler,
         "--no-warm-start": not c.warm_start,
+        "--rungs": str(c.rungs),
+        "--eta": str(c.eta),
         "--no-early-stop": not c.early_stop,
         "--seed": str(c.seed),
         "--epochs": _number(t.epochs),

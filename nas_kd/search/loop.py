@@ -21,12 +21,23 @@ from nas_kd.model.cost import Cost
 from nas_kd.model.spec import ArchSpec
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity
-from nas_kd.search.candidate import save_weights, screen_cost, train_candidate
+from nas_kd.search.candidate import checkpoint_path, save_weights, screen_cost, train_candidate, train_promotion
 from nas_kd.search.config import SearchConfig
 from nas_kd.search.early_stop import StoppedEarly, observed_gains, stop_below
 from nas_kd.search.heartbeat import Heartbeat, fail_stale
 from nas_kd.search.prepare import Run
-from nas_kd.study.records import Attr, Status, is_trained
+from nas_kd.search.promote import (
+    Claim,
+    claim_trial,
+    fail_claim,
+    open_rungs,
+    promoted,
+    record_rung,
+    rung_results,
+    try_claim,
+)
+from nas_kd.search.rungs import promotable
+from nas_kd.study.records import INTERRUPTED_REASON, Attr, Status, is_trained
 from nas_kd.study.storage import ask_trial, make_sampler
 
 MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial before giving up
@@ -45,6 +56,7 @@ class TrialCounts:
     duplicates: int = 0  # repeats of a trained architecture (and recipe), its result reused
     failed: int = 0
     stopped: int = 0  # stopped half-way by early stopping
+    promoted: int = 0  # promotions trained to a longer rung
     train_seconds: float = 0.0
     seconds: float = 0.0  # the loop's wall time
 
@@ -76,13 +88,21 @@ class _Loop:
         self.best = max((t.values[0] for t in self.known.values()), default=None)
         self.counts = TrialCounts()
         self.unexpected = 0  # trials in a row that crashed for an unknown reason
+        self.rungs = open_rungs(self.cfg.name, self.cfg.storage_url) if self.cfg.rungs > 1 else None
         self.start = time.perf_counter()
 
     def until_done(self) -> TrialCounts:
+        """New candidates until this process trained its share, promotions first whenever one is due
+        (and those still due after the last candidate)."""
         cfg = self.cfg
-        while self.counts.trained < cfg.trials:
+        while True:
             if cfg.timeout is not None and time.perf_counter() - self.start > cfg.timeout:
                 self.progress.log(f"timeout of {cfg.timeout:g} s reached after {self.counts.trained} trained trials")
+                break
+            interrupts.check()
+            if self._promotion():
+                continue
+            if self.counts.trained >= cfg.trials:
                 break
             if self.counts.skipped > MAX_SKIPS_PER_TRIAL * cfg.trials:
                 raise UserError(
@@ -95,7 +115,7 @@ class _Loop:
             try:  # Ctrl-C anywhere in a trial (sampling, counting, training) fails that trial
                 self._one(trial)
             except KeyboardInterrupt:
-                _fail_unless_told(self.study, trial, "interrupted by the user", self.progress)
+                _fail_unless_told(self.study, trial, INTERRUPTED_REASON, self.progress)
                 raise
         self.counts.seconds = time.perf_counter() - self.start
         return self.counts
@@ -140,9 +160,10 @@ class _Loop:
         self.progress.status(self._status(f"#{n} training {format_quantity(cost.flops)} FLOPs"), force=True)
         try:
             with Heartbeat(self.study, trial):
-                bar = stop_below(self.known.values(), cost.flops, self.gains) if self.cfg.early_stop else None
+                bar = stop_below(self.known.values(), cost.flops, self.gains) if self.cfg.stops_early else None
                 outcome = train_candidate(self.run, model, kd,
-                                          lambda text: self.progress.status(self._status(f"#{n} {text}")), bar)
+                                          lambda text: self.progress.status(self._status(f"#{n} {text}")), bar,
+                                          number=n)
             save_weights(self.cfg, n, model)
         except StoppedEarly as stop:
             self._stopped(trial, stop)
@@ -176,6 +197,49 @@ class _Loop:
             f"{seconds:5.1f} s | {spec.summary()}"
             + (f" | {kd.loss} T={kd.temperature:g} alpha={kd.alpha:.2f}" if self.cfg.kd.searched else "")
         )
+
+    def _promotion(self) -> bool:
+        """Train the next promotion due, if any this worker can claim (and holds the checkpoint of)."""
+        if self.rungs is None:
+            return False
+        fail_stale(self.rungs)
+        due = promotable(rung_results(self.study, self.rungs), promoted=promoted(self.rungs),
+                         top_rung=self.cfg.rungs - 1, eta=self.cfg.eta)
+        for result in due:
+            if checkpoint_path(self.cfg, result.candidate).exists():
+                claim = try_claim(self.rungs, result)
+                if claim is not None:
+                    self._promote(claim, result.accuracy)
+                    return True
+        return False
+
+    def _promote(self, claim: Claim, before: float) -> None:
+        """Resume the candidate from its checkpoint for the claimed rung; a stop reopens the claim."""
+        source = self.study.get_trials(deepcopy=False)[claim.source].user_attrs
+        kd = KDSettings(**source[Attr.KD]) if Attr.KD in source else self.cfg.kd
+        model = build_student(ArchSpec.from_dict(source[Attr.SPEC]))
+        n, rung = claim.source, claim.rung
+        self.progress.status(self._status(f"#{n} promoted to rung {rung}"), force=True)
+        try:
+            with Heartbeat(self.rungs, claim_trial(self.rungs, claim)):
+                accuracy, seconds = train_promotion(self.run, model, kd, n, rung,
+                                                    lambda text: self.progress.status(self._status(f"#{n} {text}")))
+            save_weights(self.cfg, n, model)
+        except KeyboardInterrupt:
+            fail_claim(self.rungs, claim, "interrupted by the user", reopen=True)
+            raise
+        except (UserError, OSError) as err:
+            fail_claim(self.rungs, claim, f"{type(err).__name__}: {err}", reopen=True)
+            raise
+        except Exception as err:  # noqa: BLE001 - NaN, out of memory or a bug: this promotion only
+            fail_claim(self.rungs, claim, f"{type(err).__name__}: {err}", reopen=False)
+            self.progress.log(f"#{n:<4d} rung {rung} failed: {type(err).__name__}: {err}")
+            return
+        record_rung(self.rungs, claim, accuracy, seconds)
+        self.counts.promoted += 1
+        self.progress.log(f"#{n:<4d} rung {rung}: val {accuracy:6.2%} (rung {rung - 1}: {before:.2%}) | "
+                          f"{format_quantity(source[Attr.FLOPS]):>6s} FLOPs | {seconds:5.1f} s in all | "
+                          f"{source[Attr.SUMMARY]}")
 
     def _stopped(self, trial: optuna.Trial, stop: StoppedEarly) -> None:
         trial.set_user_attr(Attr.STATUS, Status.STOPPED)

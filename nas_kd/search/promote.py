@@ -50,11 +50,14 @@ def rung_results(study: optuna.Study, rungs: optuna.Study) -> list[RungResult]:
 
 
 def _live(rungs: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in rungs.get_trials(deepcopy=False) if t.state in (TrialState.RUNNING, TrialState.COMPLETE)]
+    """Claims that hold their promotion: running, done, or failed on their own (NaN, out of memory),
+    which are not tried again. A claim lost to another or stopped with its worker holds nothing."""
+    return [t for t in rungs.get_trials(deepcopy=False)
+            if t.state in (TrialState.RUNNING, TrialState.COMPLETE) or t.user_attrs.get(Attr.STATUS) == Status.FAILED]
 
 
 def promoted(rungs: optuna.Study) -> set[tuple[int, int]]:
-    """(candidate, rung it leaves) for every promotion claimed or done."""
+    """(candidate, rung it leaves) for every promotion claimed, done or failed on its own."""
     return {(t.user_attrs[Attr.SOURCE], t.user_attrs[Attr.RUNG] - 1) for t in _live(rungs)}
 
 
@@ -86,11 +89,13 @@ def record_rung(rungs: optuna.Study, claim: Claim, accuracy: float, seconds: flo
     rungs.tell(claim.number, accuracy)
 
 
-def fail_claim(rungs: optuna.Study, claim: Claim, reason: str) -> None:
-    """The promotion did not finish: it is open again (the candidate's checkpoint keeps its progress)."""
+def fail_claim(rungs: optuna.Study, claim: Claim, reason: str, *, reopen: bool) -> None:
+    """The promotion did not finish. ``reopen``: its worker stopped (Ctrl-C, SIGTERM), so it is open
+    again and resumes from the candidate's checkpoint; otherwise it failed on its own and stays failed."""
     try:
         trial = claim_trial(rungs, claim)
-        trial.set_user_attr(Attr.STATUS, Status.FAILED)
+        if not reopen:
+            trial.set_user_attr(Attr.STATUS, Status.FAILED)
         trial.set_user_attr(Attr.FAIL_REASON, reason[:1000])
         rungs.tell(claim.number, state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:  # interrupted after it was recorded

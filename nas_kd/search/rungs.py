@@ -66,16 +66,23 @@ def promotion_order(results: Sequence[RungResult]) -> list[RungResult]:
     return [results[i] for i in order]
 
 
-def next_promotion(results: Sequence[RungResult], *, promoted: set[tuple[int, int]], top_rung: int,
-                   eta: int) -> RungResult | None:
-    """The result to promote next, or None: the highest rung below ``top_rung`` whose best ``n // eta``
-    results hold one not yet promoted (``promoted`` holds (candidate, rung) pairs already moved up)."""
+def promotable(results: Sequence[RungResult], *, promoted: set[tuple[int, int]], top_rung: int,
+               eta: int) -> list[RungResult]:
+    """Every result that may go up now, the one to promote first first: of each rung below ``top_rung``
+    (highest first), its best ``n // eta`` results not yet promoted (``promoted`` holds the
+    (candidate, rung) pairs already moved up)."""
+    out = []
     for rung in range(top_rung - 1, -1, -1):
         at_rung = [r for r in results if r.rung == rung]
-        for r in promotion_order(at_rung)[: len(at_rung) // eta]:
-            if (r.candidate, rung) not in promoted:
-                return r
-    return None
+        out += [r for r in promotion_order(at_rung)[: len(at_rung) // eta] if (r.candidate, rung) not in promoted]
+    return out
+
+
+def next_promotion(results: Sequence[RungResult], *, promoted: set[tuple[int, int]], top_rung: int,
+                   eta: int) -> RungResult | None:
+    """The result to promote next, or None."""
+    candidates = promotable(results, promoted=promoted, top_rung=top_rung, eta=eta)
+    return candidates[0] if candidates else None
 
 
 def rung_steps(first: int, eta: int, rung: int) -> int:

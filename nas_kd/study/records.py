@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas_kd.study.pareto import pareto_front
@@ -59,6 +60,7 @@ class Status:
 
 
 STALE_REASON = "its worker stopped (no heartbeat): killed or crashed"
+INTERRUPTED_REASON = "interrupted by the user"  # Ctrl-C or SIGTERM: its process stopped cleanly
 
 
 def is_trained(t: FrozenTrial) -> bool:
@@ -88,6 +90,8 @@ class TrialRecord:
     feasible: bool
     fail_reason: str | None = None
     kd: dict | None = None  # this trial's distillation recipe under --kd search
+    rung: int = 0  # the longest rung it finished: ``val_accuracy`` and ``train_seconds`` are that rung's
+    rung_accuracies: tuple[float, ...] = ()  # its validation accuracy at each rung it finished
 
     @property
     def on_front_candidate(self) -> bool:
@@ -105,29 +109,48 @@ class TrialRecord:
         return dict(self.__dict__)
 
 
-def to_record(t: FrozenTrial) -> TrialRecord:
+def to_record(t: FrozenTrial, promotions: tuple[FrozenTrial, ...] = ()) -> TrialRecord:
+    """``t`` as a record; ``promotions`` are its finished longer rungs (trials of the rungs study)."""
     a = t.user_attrs
     if t.state == TrialState.FAIL and Attr.STATUS not in a:  # failed by another worker's stale-trial check
         a = {**a, Attr.STATUS: Status.FAILED, Attr.FAIL_REASON: STALE_REASON}
     has_result = t.state == TrialState.COMPLETE and a.get(Attr.STATUS) in (Status.TRAINED, Status.DUPLICATE)
+    rungs = sorted(promotions, key=lambda p: p.user_attrs[Attr.RUNG]) if has_result else []
+    last = rungs[-1] if rungs else None
     return TrialRecord(
         number=t.number,
         state=t.state.name,
         status=a.get(Attr.STATUS, Status.RUNNING if t.state == TrialState.RUNNING else t.state.name.lower()),
-        val_accuracy=t.values[0] if has_result else None,
+        val_accuracy=(last.values[0] if last else t.values[0]) if has_result else None,
         flops=a.get(Attr.FLOPS),
         params=a.get(Attr.PARAMS),
-        train_seconds=a.get(Attr.TRAIN_SECONDS),
+        train_seconds=last.user_attrs.get(Attr.TRAIN_SECONDS) if last else a.get(Attr.TRAIN_SECONDS),
         summary=a.get(Attr.SUMMARY, ""),
         spec=a.get(Attr.SPEC),
         feasible=is_feasible(t) if t.constraints else a.get(Attr.STATUS) != Status.INFEASIBLE,
         fail_reason=a.get(Attr.FAIL_REASON),
         kd=a.get(Attr.KD),
+        rung=last.user_attrs[Attr.RUNG] if last else 0,
+        rung_accuracies=(t.values[0], *(p.values[0] for p in rungs)) if has_result else (),
     )
 
 
 def trial_records(study) -> list[TrialRecord]:  # noqa: ANN001 - an optuna.Study
-    return [to_record(t) for t in study.get_trials(deepcopy=False)]
+    """Every trial of the search's study, each with the longer rungs it reached (NAME.rungs)."""
+    by_source: dict[int, list[FrozenTrial]] = {}
+    for p in _promotions(study):
+        by_source.setdefault(p.user_attrs[Attr.SOURCE], []).append(p)
+    return [to_record(t, tuple(by_source.get(t.number, ()))) for t in study.get_trials(deepcopy=False)]
+
+
+def _promotions(study) -> list[FrozenTrial]:  # noqa: ANN001
+    """The finished promotions of ``study``'s candidates; none for a study searched with one rung."""
+    try:
+        # the storage object is the study's own; Optuna has no public accessor for it
+        rungs = optuna.load_study(study_name=study.study_name + RUNGS_SUFFIX, storage=study._storage)  # noqa: SLF001
+    except KeyError:
+        return []
+    return [t for t in rungs.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if Attr.SOURCE in t.user_attrs]
 
 
 def front_candidates(records: list[TrialRecord]) -> list[TrialRecord]:
