@@ -36,13 +36,9 @@ def train_model(
     steps: int | None = None,
     restarts: tuple[int, ...] = (),
 ) -> TrainResult:
-    """Train ``model`` in place on (x, y); with ``kd``, against the teacher's targets, which follow the
-    augmentation in one of three ways (see ``nas_kd.teacher.targets``):
-
-    - ``teacher_logits`` [N, C]: cached logits of the un-augmented images;
-    - ``views`` [K, N, ...] with ``teacher_logits`` [K, N, C]: K fixed augmented views, each with its
-      cached logits; every step draws one view per image (``settings.augment`` is then not re-applied);
-    - ``teacher``: the teacher runs on each augmented batch (exact, but costs its forward pass).
+    """Train ``model`` in place on (x, y); with ``kd``, against the teacher's targets: ``teacher_logits``
+    [N, C] cached for the un-augmented images, or [K, N, C] for K fixed augmented ``views`` [K, N, ...]
+    of which each step draws one per image, or a ``teacher`` run on every augmented batch.
 
     The run lasts ``steps`` (default: ``settings.epochs`` of the data); ``restarts`` are the steps where
     the one-cycle schedule starts again (the search's rungs). With ``checkpoint``, the state is saved
@@ -60,13 +56,7 @@ def train_model(
     per_epoch, total = steps_per_epoch(n, bs), steps or total_steps(settings, n)
     opt = torch.optim.SGD([*model.parameters(), *loss_step.trainable.parameters()], lr=settings.lr,
                           momentum=settings.momentum, weight_decay=settings.weight_decay, nesterov=True)
-    at, saved = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else (Position(), None)
-    first, end = segment(at.step, total, restarts)
-    if saved is not None and at.step == first:  # a new segment starts here: its cycle too, as straight through
-        restore(saved, model, opt, g)
-    sched = one_cycle(opt, settings.lr, end - first)
-    if saved is not None and at.step > first:
-        restore(saved, model, opt, g, sched)
+    at, sched, end = _start_or_resume(checkpoint, model, opt, g, settings.lr, total, restarts)
     model.train()
     start, loss_value = time.perf_counter(), math.nan
     with interrupts.deferred():  # Ctrl-C stops at a step boundary, never inside torch (see interrupts)
@@ -96,3 +86,17 @@ def train_model(
                 save_checkpoint(checkpoint, model, opt, sched, g,
                                 Position(at.step, at.order, at.batches_done, at.seconds + time.perf_counter() - start))
     return TrainResult(seconds=at.seconds + time.perf_counter() - start, steps=at.step, final_loss=loss_value)
+
+
+def _start_or_resume(checkpoint: Path | None, model: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator,
+                     lr: float, total: int, restarts: tuple[int, ...]) -> tuple[Position, object, int]:
+    """Where the run starts (a checkpoint's position, or step 0), its schedule, and the step that ends
+    the schedule's current segment."""
+    at, saved = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else (Position(), None)
+    first, end = segment(at.step, total, restarts)
+    if saved is not None and at.step == first:  # a new segment starts here: its cycle too, as straight through
+        restore(saved, model, opt, g)
+    sched = one_cycle(opt, lr, end - first)
+    if saved is not None and at.step > first:
+        restore(saved, model, opt, g, sched)
+    return at, sched, end
