@@ -1,10 +1,16 @@
+from pathlib import Path
+
 import optuna
 import pytest
 
 from nas_kd.errors import UserError
 from nas_kd.model.builder import build_student
 from nas_kd.model.cost import analytic_flops
-from nas_kd.search.space import load_space, parse_space
+from nas_kd.model.spec import parse_summary
+from nas_kd.search.space import SPACES_DIR, load_space, parse_space
+
+ROOT = Path(__file__).parent.parent
+SPACE_FILES = [*SPACES_DIR.glob("*.yaml"), *(ROOT / "benchmarks" / "spaces").glob("*.yaml")]
 
 GOOD = """
 name: small
@@ -90,8 +96,6 @@ def test_bad_space_files_say_what_is_wrong(text, message):
 
 
 def test_every_sampled_spec_is_enqueueable_and_comes_back_identical():
-    from nas_kd.model.spec import parse_summary
-
     space = parse_space(GOOD)
     for spec in _random_specs(space, (1, 28, 28), n=40, seed=3):
         assert parse_summary(spec.summary(), 1, 10) == spec
@@ -100,7 +104,6 @@ def test_every_sampled_spec_is_enqueueable_and_comes_back_identical():
 
 def test_default_space_warm_starts_from_its_hand_designs_within_budget():
     from nas_kd.model.cost import count_cost
-    from nas_kd.model.spec import parse_summary
 
     designs = dict(load_space("default").warm_start)
     flops = {n: count_cost(build_student(parse_summary(line, 1, 10)), (1, 28, 28)).flops for n, line in designs.items()}
@@ -112,6 +115,64 @@ def test_default_space_warm_starts_from_its_hand_designs_within_budget():
 
     bench = json.loads((Path(__file__).parent.parent / "benchmarks" / "hand_designs.json").read_text())
     assert bench == {n: parse_summary(line, 1, 10).to_dict() for n, line in designs.items()}
+
+
+GROWING = GOOD.replace("  channels: {low: 8, high: 32, step: 8}\n", """  channels:
+    - {low: 8, high: 16, step: 8}
+    - [16, 32]
+    - {low: 64, high: 256, step: 64}
+""")
+
+
+def test_per_stage_channels_grow_with_depth():
+    space = parse_space(GROWING)
+    allowed = [(8, 16), (16, 32), (64, 128, 192, 256)]
+    for spec in _random_specs(space, (1, 28, 28), n=40):
+        for st, options in zip(spec.stages, allowed, strict=False):
+            assert st.channels in options
+    values = space.param_values()
+    assert [values[f"s{i}_channels"] for i in (1, 2, 3)] == [list(o) for o in allowed]
+    assert values["s1_kernel"] == values["s3_kernel"] == [3, 5, 7]  # a single knob is every position's
+    spec, _ = space.cheapest((1, 28, 28), 10)
+    assert spec.stages[0].channels == 8
+    wide = parse_summary("stem8/s1 | ds k3 c16 s2 x1 | ds k3 c32 s2 x1 | ds k3 c256 s1 x1 | fc | relu", 1, 10)
+    assert space.sample(optuna.trial.FixedTrial(space.params_for(wide)), (1, 28, 28), 10) == wide
+    with pytest.raises(UserError, match="s1_channels = 32"):  # 32 is offered at stage 2, not stage 1
+        space.params_for(parse_summary("stem8/s1 | ds k3 c32 s2 x1 | fc | relu", 1, 10))
+
+
+def test_any_stage_knob_can_be_given_per_stage_position():
+    space = parse_space(GOOD.replace("block: [ds, ir]", "block: [[ds], [ds, ir], [ir]]"))
+    specs = _random_specs(space, (1, 28, 28), n=30)
+    assert all(spec.stages[0].block == "ds" for spec in specs)
+    assert all(spec.stages[2].block == "ir" for spec in specs if len(spec.stages) == 3)
+    assert {spec.stages[1].block for spec in specs if len(spec.stages) > 1} == {"ds", "ir"}
+
+
+@pytest.mark.parametrize(
+    "channels, message",
+    [("[{low: 8, high: 16}, {low: 16, high: 32}]", r"stages.channels: 2 per-stage knobs, but stages.count "
+                                                   r"allows up to 3 stages"),
+     ("[{low: 8, high: 16}, 32, [64]]", r"stages.channels: .*stage 2 has 32 \(write \[32\]"),
+     ("[{low: 8, high: 16}, {low: 32, high: 16}, [64]]", r"stages.channels \(stage 2\): a range needs .*low ≤ high"),
+     ("[[8], [0], [64]]", r"stages.channels \(stage 2\): value 0 is not allowed"),
+     ("[[8], [], [64]]", r"stages.channels \(stage 2\): an empty list")],
+)
+def test_a_bad_per_stage_list_is_one_clear_error(channels, message):
+    text = GOOD.replace("channels: {low: 8, high: 32, step: 8}", f"channels: {channels}")
+    with pytest.raises(UserError, match=f"search space my.yaml: {message}"):
+        parse_space(text, origin="my.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(SPACE_FILES), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_and_candidate_space_parses_with_its_warm_starts(path):
+    space = load_space(str(path))
+    assert space.warm_start and space.cheapest((1, 28, 28), 10)[1] < 5_000_000
+
+
+def test_the_previous_default_space_is_kept_byte_for_byte_so_its_studies_resume():
+    # the sha256 every study created with the default space before the per-stage channels recorded
+    assert load_space("default-v1").sha256 == "4582b2721300a1b5a77e8e63cd5934072e87d55e2b44ad96c07c81a6c7558b29"
 
 
 def test_unknown_space_name_lists_the_known_ones():

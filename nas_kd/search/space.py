@@ -1,8 +1,10 @@
 """A search space declared as data (YAML), and how an Optuna trial samples a spec from it.
 
 Every knob is either a list (a categorical choice), ``{low, high[, step][, log]}`` (an integer
-range) or a single value (fixed). Strides adapt to the input: a stride that would shrink the
-feature map below ``min_feature_size`` is taken as 1, so one space serves 8×8 to 224×224 inputs.
+range) or a single value (fixed). A ``stages`` knob other than ``count`` may instead be a list of
+knobs, one per stage position, so choices can grow with depth (narrow stages at high resolution,
+wide ones at low). Strides adapt to the input: a stride that would shrink the feature map below
+``min_feature_size`` is taken as 1, so one space serves 8×8 to 224×224 inputs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import optuna
 import yaml
 
 from nas_kd.errors import UserError
+from nas_kd.model.cost import analytic_flops
 from nas_kd.model.spec import ACTIVATION_NAMES, BLOCK_TYPES, ArchSpec, StageSpec, parse_summary
 
 
@@ -37,6 +40,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     },
     "head": {"channels": "head_channels", "classifier_rank": "rank"},
 }
+_PARAM_FIELD = {"pointwise_rank": "pw_rank"}  # the Optuna parameter s{i}_pw_rank keeps its short name
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,13 @@ class Knob:
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """A parsed space: ``knobs`` are keyed ``section.field`` (``stages.count`` among them), and
+    ``stage_knobs`` hold, for each other ``stages`` field, one knob per stage position."""
+
     name: str
     source: str  # the YAML text, stored in the study so the space can be rebuilt
     knobs: dict[str, Knob]
+    stage_knobs: dict[str, tuple[Knob, ...]]
     min_feature_size: int = 2
     warm_start: tuple[tuple[str, str], ...] = ()  # (name, summary line) of hand designs tried first
 
@@ -94,15 +102,16 @@ class SearchSpace:
         stem_stride = stride(k["stem.stride"], "stem_stride")
         stages = []
         for i in range(1, k["stages.count"].suggest(trial, "n_stages") + 1):
-            block = k["stages.block"].suggest(trial, f"s{i}_block")
+            at = {field: knobs[i - 1] for field, knobs in self.stage_knobs.items()}
+            block = at["block"].suggest(trial, f"s{i}_block")
             stages.append(StageSpec(
                 block=block,
-                depth=k["stages.depth"].suggest(trial, f"s{i}_depth"),
-                channels=k["stages.channels"].suggest(trial, f"s{i}_channels"),
-                kernel=k["stages.kernel"].suggest(trial, f"s{i}_kernel"),
-                stride=stride(k["stages.stride"], f"s{i}_stride"),
-                expansion=k["stages.expansion"].suggest(trial, f"s{i}_expansion") if block == "ir" else 1,
-                pointwise_rank=_rank(k["stages.pointwise_rank"].suggest(trial, f"s{i}_pw_rank")),
+                depth=at["depth"].suggest(trial, f"s{i}_depth"),
+                channels=at["channels"].suggest(trial, f"s{i}_channels"),
+                kernel=at["kernel"].suggest(trial, f"s{i}_kernel"),
+                stride=stride(at["stride"], f"s{i}_stride"),
+                expansion=at["expansion"].suggest(trial, f"s{i}_expansion") if block == "ir" else 1,
+                pointwise_rank=_rank(at["pointwise_rank"].suggest(trial, f"s{i}_pw_rank")),
             ))
         return ArchSpec(
             in_channels=input_shape[0],
@@ -143,16 +152,12 @@ class SearchSpace:
                "n_stages": k["stages.count"].values(), "head_channels": k["head.channels"].values(),
                "classifier_rank": k["head.classifier_rank"].values(), "activation": k["activation"].values()}
         for i in range(1, max(out["n_stages"]) + 1):
-            for field, key in (("block", "block"), ("depth", "depth"), ("channels", "channels"),
-                               ("kernel", "kernel"), ("stride", "stride"), ("expansion", "expansion"),
-                               ("pw_rank", "pointwise_rank")):
-                out[f"s{i}_{field}"] = k[f"stages.{key}"].values()
+            for field, knobs in self.stage_knobs.items():
+                out[f"s{i}_{_PARAM_FIELD.get(field, field)}"] = knobs[i - 1].values()
         return out
 
     def cheapest(self, input_shape: tuple[int, int, int], num_classes: int) -> tuple[ArchSpec, int]:
         """The least-FLOP member (coordinate descent on the analytic count, from every knob's minimum)."""
-        from nas_kd.model.cost import analytic_flops
-
         values = self.param_values()
         params = {name: min(v, key=_order) for name, v in values.items()}
 
@@ -221,6 +226,44 @@ def _knob(path: str, kind: str, raw: Any) -> Knob:
     return knob
 
 
+def _section_knobs(raw: dict, origin: str) -> tuple[dict[str, Knob], dict[str, tuple[Knob, ...]]]:
+    """The knobs of the stem, stages and head sections; stage fields as one knob per stage position."""
+    knobs: dict[str, Knob] = {}
+    stage_knobs: dict[str, tuple[Knob, ...]] = {}
+    for section, fields in _SCHEMA.items():
+        body = raw.get(section)
+        if not isinstance(body, dict):
+            raise UserError(f"search space {origin}: missing section '{section}' (keys: {', '.join(fields)})")
+        extra = set(body) - set(fields)
+        if extra:
+            raise UserError(f"search space {origin}: unknown key(s) {sorted(extra)} in '{section}'")
+        for field, kind in fields.items():  # stages.count comes first: it says how many positions there are
+            if field not in body:
+                raise UserError(f"search space {origin}: missing '{section}.{field}'")
+            path = f"search space {origin}: {section}.{field}"
+            if section == "stages" and field != "count":
+                stage_knobs[field] = _per_stage(path, kind, body[field], max(knobs["stages.count"].values()))
+            else:
+                knobs[f"{section}.{field}"] = _knob(path, kind, body[field])
+    return knobs, stage_knobs
+
+
+def _per_stage(path: str, kind: str, raw: Any, positions: int) -> tuple[Knob, ...]:
+    """One knob per stage position: a list of ranges or choice lists, one per position; any other
+    value is one knob every position shares (a plain list stays a categorical choice)."""
+    if not (isinstance(raw, list) and any(isinstance(x, (dict, list)) for x in raw)):
+        knob = _knob(path, kind, raw)
+        return (knob,) * positions
+    for i, x in enumerate(raw, 1):
+        if not isinstance(x, (dict, list)):
+            raise UserError(f"{path}: a per-stage list gives each stage position a range {{low, high}} or a "
+                            f"list of choices, but stage {i} has {x!r} (write [{x}] for a fixed value)")
+    if len(raw) != positions:
+        raise UserError(f"{path}: {len(raw)} per-stage knobs, but stages.count allows up to {positions} "
+                        f"stages; give one per stage position")
+    return tuple(_knob(f"{path} (stage {i})", kind, x) for i, x in enumerate(raw, 1))
+
+
 def parse_space(text: str, *, origin: str = "<space>") -> SearchSpace:
     """Read a space from YAML text; UserError naming the file and the offending key otherwise."""
     try:
@@ -233,18 +276,7 @@ def parse_space(text: str, *, origin: str = "<space>") -> SearchSpace:
     unknown = set(raw) - known
     if unknown:
         raise UserError(f"search space {origin}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    knobs: dict[str, Knob] = {}
-    for section, fields in _SCHEMA.items():
-        body = raw.get(section)
-        if not isinstance(body, dict):
-            raise UserError(f"search space {origin}: missing section '{section}' (keys: {', '.join(fields)})")
-        extra = set(body) - set(fields)
-        if extra:
-            raise UserError(f"search space {origin}: unknown key(s) {sorted(extra)} in '{section}'")
-        for field, kind in fields.items():
-            if field not in body:
-                raise UserError(f"search space {origin}: missing '{section}.{field}'")
-            knobs[f"{section}.{field}"] = _knob(f"search space {origin}: {section}.{field}", kind, body[field])
+    knobs, stage_knobs = _section_knobs(raw, origin)
     if "activation" not in raw:
         raise UserError(f"search space {origin}: missing 'activation'")
     knobs["activation"] = _knob(f"search space {origin}: activation", "activation", raw["activation"])
@@ -256,7 +288,7 @@ def parse_space(text: str, *, origin: str = "<space>") -> SearchSpace:
     if not isinstance(warm, dict) or not all(isinstance(v, str) for v in warm.values()):
         raise UserError(f"search space {origin}: warm_start maps a name to an architecture line, e.g. "
                         "'mobilenet: stem16/s1 | ds k3 c24 s2 x2 | fc | relu'")
-    space = SearchSpace(name=name, source=text, knobs=knobs, min_feature_size=min_size,
+    space = SearchSpace(name=name, source=text, knobs=knobs, stage_knobs=stage_knobs, min_feature_size=min_size,
                         warm_start=tuple((str(k), v) for k, v in warm.items()))
     for design_name, line in space.warm_start:  # fail now, not when the study starts
         try:
