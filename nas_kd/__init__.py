@@ -17,6 +17,4 @@ def load_student(folder: str) -> "torch.nn.Module":  # noqa: F821 - torch is imp
     """The exported student in ``folder`` (from ``python -m nas_kd.export``), weights loaded, eval mode."""
     from nas_kd.export.load import load_student as _load  # on first use: `import nas_kd` stays light
 
-
-
     return _load(folder)
