@@ -16,9 +16,15 @@ import torch
 import nas_kd.search.candidate as candidate
 import nas_kd.search.loop as trial_loop
 from nas_kd import interrupts
+from nas_kd.errors import TrialFailed
 from nas_kd.search.cli import main
+from nas_kd.study.records import to_record
+from tests.test_workers import _children
 
-ARGS = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--batch-size", "32"]
+# --workers 1: trials run in the test's own process, where the tests' monkeypatches reach them
+# (by default a search starts one worker process per core). A later --workers N overrides it.
+ARGS = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--batch-size", "32", "--workers", "1"]
+STALE_SOON = {"NAS_KD_HEARTBEAT_SECONDS": "1", "NAS_KD_GRACE_SECONDS": "3"}  # a stopped worker's trial fails soon
 
 
 def _load(path: Path, name: str) -> optuna.Study:
@@ -194,7 +200,7 @@ def test_a_closed_terminal_is_a_clean_stop(stack):
 
 
 def test_sigkilled_worker_leaves_no_trial_running_forever(tmp_path, cache_dir):
-    env = {"NAS_KD_HEARTBEAT_SECONDS": "1", "NAS_KD_GRACE_SECONDS": "3"}
+    env = STALE_SOON
     proc = _start(tmp_path, cache_dir, "kill", "--trials", "3", "--epochs", "300", env=env)
     number = _wait_for_running_trial(tmp_path, "kill", proc)
     proc.send_signal(signal.SIGKILL)
@@ -208,10 +214,97 @@ def test_sigkilled_worker_leaves_no_trial_running_forever(tmp_path, cache_dir):
     study = _load(tmp_path, "kill")
     stale = study.trials[number]
     assert stale.state == optuna.trial.TrialState.FAIL
-    from nas_kd.study.records import to_record
-
     assert "no heartbeat" in to_record(stale).fail_reason
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def _warm_space(tmp_path, *names: str) -> Path:
+    """The default space with small hand designs (they fit the tiny budget) as its warm start."""
+    lines = {"hand-a": "stem8/s1 | ds k3 c16 s2 x1 | fc | relu", "hand-b": "stem8/s2 | ir2 k3 c16 s1 x1 | fc | relu"}
+    text = (Path(__file__).parent.parent / "search_spaces" / "default.yaml").read_text().split("warm_start:")[0]
+    space = tmp_path / "warm.yaml"
+    space.write_text(text + "warm_start:\n" + "".join(f"  {n}: {lines[n]}\n" for n in names))
+    return space
+
+
+def _design_trials(tmp_path, name: str, design: str) -> list[tuple[optuna.trial.TrialState, str | None]]:
+    """(state, status) of each trial of the hand design ``design``, in order (a stale trial: "failed")."""
+    return [(t.state, to_record(t).status) for t in _load(tmp_path, name).trials
+            if t.user_attrs.get("warm_start") == design]
+
+
+def _worker_pid(parent: int, index: int) -> int:
+    for pid in _children(parent):
+        try:
+            if f"--worker-index {index} " in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode():
+                return pid
+        except OSError:
+            continue
+    raise AssertionError(f"worker {index} is not running")
+
+
+_FAILED, _TRAINED = (optuna.trial.TrialState.FAIL, "failed"), (optuna.trial.TrialState.COMPLETE, "trained")
+
+
+def test_a_killed_workers_hand_design_is_trained_when_the_search_resumes(tmp_path, cache_dir):
+    space, hold = _warm_space(tmp_path, "hand-a"), tmp_path / "hold"
+    hold.touch()  # every worker waits just before training (tests/hold.py) until the file is gone
+    env = {**STALE_SOON, "NAS_KD_PLUGINS": "tests.tiny,tests.hold", "NAS_KD_TEST_HOLD": str(hold)}
+    args = ["--space", str(space), "--epochs", "3"]
+    proc = _start(tmp_path, cache_dir, "rq", *args, "--trials", "2", "--workers", "2", env=env)
+    deadline, design = time.time() + 300, None
+    while design is None:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        if (tmp_path / "rq.db").exists():
+            with contextlib.suppress(Exception):  # the study may not exist yet
+                design = next((t for t in _load(tmp_path, "rq").trials if t.state == optuna.trial.TrialState.RUNNING
+                               and t.user_attrs.get("warm_start") == "hand-a" and "worker" in t.user_attrs), None)
+        time.sleep(0.2)
+    index = design.user_attrs["worker"]
+    os.kill(_worker_pid(proc.pid, index), signal.SIGKILL)  # while it trains the hand design
+    hold.unlink()  # the other worker trains its candidate and finishes
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and f"worker {index} was stopped by signal 9" in err, err[-4000:]
+    time.sleep(4)  # the killed worker's heartbeat is past the grace period
+    again = _start(tmp_path, cache_dir, "rq", *args, "--trials", "1", env=STALE_SOON)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-4000:]
+    assert _design_trials(tmp_path, "rq", "hand-a") == [_FAILED, _TRAINED]
+
+
+def test_ctrl_c_while_a_hand_design_trains_queues_it_again(tmp_path, cache_dir, monkeypatch, capsys):
+    args = [*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "rqc",
+            "--space", str(_warm_space(tmp_path, "hand-a")), "--epochs", "3"]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trial_loop, "train_candidate", interrupted)
+        assert main([*args, "--trials", "2"]) == 130
+    assert _design_trials(tmp_path, "rqc", "hand-a") == [_FAILED]
+    assert main([*args, "--trials", "1"]) == 0
+    assert "hand-a queued again" in capsys.readouterr().err
+    assert _design_trials(tmp_path, "rqc", "hand-a") == [_FAILED, _TRAINED]
+
+
+def test_a_hand_design_that_failed_on_its_own_is_not_queued_again(tmp_path, cache_dir, monkeypatch):
+    args = [*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "rqn",
+            "--space", str(_warm_space(tmp_path, "hand-a", "hand-b")), "--epochs", "3"]
+    calls = []
+
+    def diverges_then_interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise TrialFailed("loss became nan at step 3/36")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trial_loop, "train_candidate", diverges_then_interrupted)
+        assert main([*args, "--trials", "3"]) == 130
+    assert main([*args, "--trials", "1"]) == 0  # trains the one design whose run was stopped
+    assert _design_trials(tmp_path, "rqn", "hand-a") == [_FAILED]
+    assert _design_trials(tmp_path, "rqn", "hand-b") == [_FAILED, _TRAINED]
 
 
 def test_same_seed_same_architectures_and_results(tmp_path, cache_dir):

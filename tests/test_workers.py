@@ -1,6 +1,7 @@
 """Several workers on one study: local processes on SQLite, and a real PostgreSQL server."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,15 +28,31 @@ def _check_shared_study(study, total, workers):
     return trained
 
 
-def test_two_local_workers_share_one_sqlite_study(tmp_path, cache_dir, capsys):
+def test_by_default_one_single_thread_worker_per_core_shares_one_sqlite_study(tmp_path, cache_dir, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # the same two workers on any machine
     args = [*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "w",
-            "--trials", "4", "--workers", "2"]
+            "--trials", "4"]  # neither --workers nor --threads
     assert main(args) == 0
+    assert "starting 2 workers (1 thread(s) each" in capsys.readouterr().err
     study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'w.db'}")
     _check_shared_study(study, total=4, workers=2)
+    flags = study.user_attrs["nas_kd.settings"]["flags"]
+    assert (flags["--workers"], flags["--threads"]) == ("2", "1")  # the effective values
     front = json.loads((tmp_path / "w" / "front.json").read_text())
     expected = front_records(trial_records(study))
     assert [r["number"] for r in front] == [r.number for r in expected]
+
+
+def test_threads_alone_a_gpu_or_workers_1_mean_one_process(monkeypatch):
+    from nas_kd.search.cli import parse_args
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    default, two = parse_args([]), parse_args(["--workers", "2"])
+    assert (default.workers, default.training_threads) == (4, 1)  # every core busy, one thread each
+    assert (two.workers, two.training_threads) == (2, 2)  # the cores shared by the workers asked for
+    for args in (["--threads", "3"], ["--workers", "1"], ["--device", "cuda"]):
+        assert parse_args(args).workers == 1, args
 
 
 @pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL is not installed (.ci/run installs it)")

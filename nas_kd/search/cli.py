@@ -26,6 +26,7 @@ from nas_kd.progress import Progress
 from nas_kd.quantity import format_quantity, parse_quantity
 from nas_kd.search.config import SAMPLERS, STORAGE_ENV, SearchConfig
 from nas_kd.search.run import WorkerFailed, run_search
+from nas_kd.search.workers import default_workers
 from nas_kd.study.records import TrialRecord
 from nas_kd.study.storage import load_existing_study, redact_url
 from nas_kd.train import TrainSettings
@@ -75,7 +76,7 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         storage=a.storage or os.environ.get(STORAGE_ENV) or None,
         studies_dir=a.studies_dir, sampler=a.sampler, warm_start=a.warm_start,
         early_stop=a.early_stop, cache_dir=a.cache_dir, device=a.device,
-        threads=a.threads, workers=a.workers, worker_index=a.worker_index,
+        threads=a.threads, workers=a.workers or default_workers(a.threads, a.device), worker_index=a.worker_index,
     )
 
 
@@ -148,9 +149,11 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
 def _machine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=_D.device, help="auto (CUDA if available), cpu or cuda")
     p.add_argument("--threads", type=positive_int("--threads"),
-                   help="CPU threads for PyTorch (default: all cores, shared by workers)")
-    p.add_argument("--workers", type=positive_int("--workers"), default=_D.workers,
-                   help=f"local worker processes sharing the study (default {_D.workers}); on several machines, "
+                   help="CPU threads for PyTorch in each worker (default: the cores shared evenly by the "
+                   "workers; --threads alone runs one process with that many)")
+    p.add_argument("--workers", type=positive_int("--workers"),
+                   help="local worker processes sharing the study (default: one single-thread worker per core "
+                   "on CPU, 1 with --threads or on a GPU; 1: trials run in this process); on several machines, "
                    "run the same command with the same --storage on each")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
 

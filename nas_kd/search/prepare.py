@@ -26,6 +26,7 @@ from nas_kd.search.config import SearchConfig
 from nas_kd.search.flags import recorded_flags
 from nas_kd.search.space import SearchSpace, load_space
 from nas_kd.study.records import SETTINGS_ATTR, TEACHER_ATTR, Attr
+from nas_kd.study.requeue import requeue_stopped_designs
 from nas_kd.study.storage import check_identity, open_study, redact_url
 from nas_kd.teacher import check_teacher_sources, default_teacher, load_teacher, teacher_logits
 
@@ -64,6 +65,8 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
         _record_settings(study, cfg, split, space, _effective(cfg, val_size, device))
     if cfg.worker_index is None and not study.trials and cfg.warm_start:
         _enqueue_warm_start(study, space, split, progress)
+    elif cfg.worker_index is None:  # before any worker starts: one process decides
+        _requeue_stopped(study, progress)
     idx = split.subset_index(cfg.train_subset, cfg.split_seed)
     run = Run(cfg, split, space, study, split.x_train[idx], split.y_train[idx], None, device)
     return _with_teacher(run, idx, progress) if cfg.kd.uses_teacher else run
@@ -158,6 +161,13 @@ def _enqueue_warm_start(study: optuna.Study, space: SearchSpace, split: Split, p
     if space.warm_start:
         progress.log(f"warm start: {len(space.warm_start)} hand design(s) first "
                      f"({', '.join(n for n, _ in space.warm_start)})")
+
+
+def _requeue_stopped(study: optuna.Study, progress: Progress) -> None:
+    """A resumed study trains again the hand designs whose worker stopped under them (see requeue)."""
+    names = requeue_stopped_designs(study)
+    if names:
+        progress.log(f"warm start: {', '.join(names)} queued again (the run training it was stopped)")
 
 
 def _with_teacher(run: Run, idx: torch.Tensor, progress: Progress) -> Run:

@@ -12,9 +12,23 @@ import signal
 import subprocess
 import sys
 
+import torch
+
 from nas_kd.progress import Progress
 from nas_kd.search.config import STORAGE_ENV, SearchConfig
 from nas_kd.search.flags import command_line, flag_values
+
+
+def default_workers(threads: int | None, device: str) -> int:
+    """How many local workers a search runs when ``--workers`` is not given.
+
+    One single-thread worker per core: the small students a search trains keep one thread busy
+    but scale poorly over several, so processes side by side train more samples a second than
+    one process with every core's thread (``benchmarks/throughput.py`` measures both). Given
+    ``--threads``, the user chose one process with that many; a GPU is shared best by one process."""
+    if threads is not None or device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return 1
+    return os.cpu_count() or 1
 
 
 def run_workers(cfg: SearchConfig, progress: Progress) -> int:

@@ -23,6 +23,7 @@ except ImportError:  # Windows: no flock; one process per SQLite study there
 
 from nas_kd.errors import UserError
 from nas_kd.study.records import DIRECTIONS, IDENTITY_ATTR
+from nas_kd.study.requeue import requeue_stale_design
 
 
 def redact_url(url: str) -> str:
@@ -58,6 +59,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage | str:
     )
     return optuna.storages.RDBStorage(
         url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+        heartbeat_stale_trial_callback=requeue_stale_design,  # a killed worker's hand design is queued again
     )
 
 
