@@ -135,9 +135,9 @@ def main() -> None:
     for arm in a.arms:
         mine = [r for r in rows if r["arm"] == arm]
         times = [r["seconds_to_random_final_hv"] for r in mine if r["seconds_to_random_final_hv"] != ""]
+        share = statistics.median(times) / a.timeout if times else float("nan")
         print(f"  {arm:12s} hv {statistics.mean(r['hv_equal_time'] for r in mine):.4f} | reached random's final hv "
-              f"in {len(times)}/{len(mine)} seeds, median {statistics.median(times) / a.timeout if times else float('nan'):.2f}"
-              " of the time")
+              f"in {len(times)}/{len(mine)} seeds, median {share:.2f} of the time")
 
 
 if __name__ == "__main__":
