@@ -2,7 +2,8 @@
 
 Data flows one way: CLI -> config -> data, space, teacher -> per trial: sample spec -> count cost
 (fvcore, milliseconds) -> reject over-budget candidates untrained -> train with KD -> record in the
-study -> Pareto front table and files. Every default here is ``SearchConfig``'s.
+study -> Pareto front table and files. Every default here is ``SearchConfig``'s, except
+``--workers``: one per core unless ``--threads`` is given (``workers.default_workers``).
 """
 
 from __future__ import annotations

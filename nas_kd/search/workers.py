@@ -55,7 +55,7 @@ def run_workers(cfg: SearchConfig, progress: Progress) -> int:
     for i, code in enumerate(codes):
         if code < 0:
             progress.log(f"worker {i} was stopped by signal {-code}; its running trial is failed by the "
-                         "heartbeat check, finished trials are kept")
+                         "heartbeat check (a hand design is queued again), finished trials are kept")
     bad = [c for c in codes if c != 0]
     if not bad:
         return 0
