@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         teacher_seed=a.teacher_seed, study_name=a.study_name,
         storage=a.storage or os.environ.get(STORAGE_ENV) or None,
         studies_dir=a.studies_dir, sampler=a.sampler, warm_start=a.warm_start,
-        early_stop=a.early_stop, cache_dir=a.cache_dir, device=a.device,
+        early_stop=a.early_stop, rungs=a.rungs, eta=a.eta, cache_dir=a.cache_dir, device=a.device,
         threads=a.threads, workers=a.workers or default_workers(a.threads, a.device), worker_index=a.worker_index,
     )
 
@@ -104,16 +104,21 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default=_D.sampler, choices=SAMPLERS, help="tpe (default), random or nsga2")
     p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="do not train the space's hand designs first (e.g. for a pure random-search baseline)")
+    p.add_argument("--rungs", type=int, default=_D.rungs,
+                   help=f"training lengths (default {_D.rungs}): every candidate trains --epochs first; the best "
+                   "1/ETA of each rung's results (by Pareto rank, spread kept) go on from their checkpoint to "
+                   "ETA times as many steps in all. 1: one length for every candidate")
+    p.add_argument("--eta", type=int, default=_D.eta, help=f"steps grow ETA-fold per rung (default {_D.eta})")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
-                   help="train every candidate to the end (by default one whose half-way accuracy, plus a "
-                        "generous second-half gain, is below a cheaper trained one is stopped there)")
+                   help="with --rungs 1: train every candidate to the end (by default one whose half-way "
+                        "accuracy, plus a generous second-half gain, is below a cheaper trained one is stopped)")
     p.add_argument("--seed", type=int, default=_D.seed, help=f"sampler and training seed (default {_D.seed})")
 
 
 def _training_flags(p: argparse.ArgumentParser) -> None:
     t = _D.train
     p.add_argument("--epochs", type=float, default=t.epochs,
-                   help=f"training epochs per candidate (default {t.epochs:g})")
+                   help=f"training epochs per candidate, in its first rung (default {t.epochs:g})")
     p.add_argument("--min-steps", type=int, default=_D.min_steps,
                    help=f"SGD steps per candidate at least; small datasets get more epochs (default {_D.min_steps}; "
                    "0: exactly --epochs)")
@@ -177,13 +182,14 @@ def format_front(front: list[TrialRecord], budget_flops: int) -> str:
     """The front as a readable table (cheapest first)."""
     lines = [
         f"Pareto front: validation accuracy vs FLOPs (budget {format_quantity(budget_flops)}; "
-        "1 multiply-add = 1 FLOP, fvcore)",
-        f"{'trial':>5}  {'val acc':>7}  {'FLOPs':>7}  {'params':>7}  {'train s':>7}  architecture",
+        "1 multiply-add = 1 FLOP, fvcore; at the longest rung each reached)",
+        f"{'trial':>5}  {'val acc':>7}  {'rung':>4}  {'FLOPs':>7}  {'params':>7}  {'train s':>7}  architecture",
     ]
     for r in front:
         lines.append(
-            f"{r.number:>5}  {r.val_accuracy:7.2%}  {format_quantity(r.flops):>7}  {format_quantity(r.params):>7}  "
-            f"{(r.train_seconds or 0):7.1f}  {r.summary}" + (f"  [{r.kd_text}]" if r.kd else "")
+            f"{r.number:>5}  {r.val_accuracy:7.2%}  {r.rung:>4}  {format_quantity(r.flops):>7}  "
+            f"{format_quantity(r.params):>7}  {(r.train_seconds or 0):7.1f}  {r.summary}"
+            + (f"  [{r.kd_text}]" if r.kd else "")
         )
     return "\n".join(lines)
 

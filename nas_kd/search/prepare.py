@@ -25,7 +25,7 @@ from nas_kd.quantity import format_quantity
 from nas_kd.search.config import SearchConfig
 from nas_kd.search.flags import recorded_flags
 from nas_kd.search.space import SearchSpace, load_space
-from nas_kd.study.records import SETTINGS_ATTR, TEACHER_ATTR, Attr
+from nas_kd.study.records import IDENTITY_ATTR, SETTINGS_ATTR, TEACHER_ATTR, Attr
 from nas_kd.study.requeue import requeue_stopped_designs
 from nas_kd.study.storage import check_identity, open_study, redact_url
 from nas_kd.teacher import check_teacher_sources, default_teacher, load_teacher, teacher_logits
@@ -60,6 +60,7 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
         check_teacher_sources(cfg.dataset, cfg.teachers, cfg.teacher_weights, cfg.teacher_files)
     _prepare_studies_dir(cfg)
     study = open_study(cfg.name, cfg.storage_url)
+    _check_older_study(study, cfg)
     check_identity(study, identity(cfg, split, space))
     if cfg.worker_index is None and SETTINGS_ATTR not in study.user_attrs:
         _record_settings(study, cfg, split, space, _effective(cfg, val_size, device))
@@ -87,7 +88,17 @@ def identity(cfg: SearchConfig, split: Split, space: SearchSpace) -> dict:
         "min_steps": cfg.min_steps,
         "kd": asdict(cfg.kd),
         "flop_convention": FLOP_CONVENTION,
+        "rungs": cfg.rungs,
+        "eta": cfg.eta,
     }
+
+
+def _check_older_study(study: optuna.Study, cfg: SearchConfig) -> None:
+    """A study recorded before rungs trained every candidate to one length: it resumes only so."""
+    recorded = study.user_attrs.get(IDENTITY_ATTR)
+    if recorded is not None and "rungs" not in recorded and cfg.rungs != 1:
+        raise UserError(f"study {cfg.name!r} trained every candidate to one length: resume it with --rungs 1 "
+                        "and its original settings, or pass a new --study-name")
 
 
 def _device(name: str) -> torch.device:

@@ -67,4 +67,5 @@ def _log_counts(counts: TrialCounts, progress: Progress) -> None:
         + (f", {counts.duplicates} repeated architectures reused" if counts.duplicates else "")
         + (f", {counts.failed} failed" if counts.failed else "")
         + (f", {counts.stopped} stopped half-way" if counts.stopped else "")
+        + (f", {counts.promoted} promoted to a longer rung" if counts.promoted else "")
     )
