@@ -55,8 +55,9 @@ class Progress:
 
 
 def elapsed_and_left(done: float, total: float, elapsed: float) -> str:
-    """``elapsed 01:02, about 10:11 left``: the time left extrapolated from the rate so far."""
+    """``elapsed 01:02, about 10:11 left``: the time left extrapolated from the rate so far, once
+    enough steps ran for a rate (a run's first steps also pay its start-up, which would inflate it)."""
     text = f"elapsed {format_seconds(elapsed)}"
-    if 0 < done < total:
+    if max(3, 0.01 * total) <= done < total:
         text += f", about {format_seconds(elapsed * (total - done) / done)} left"
     return text

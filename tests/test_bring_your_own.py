@@ -11,6 +11,7 @@ from torch import nn
 
 from nas_kd.data import load_dataset, split_dataset
 from nas_kd.search.cli import main
+from nas_kd.search.config import SearchConfig
 from nas_kd.teacher import load_or_train_teacher
 
 
@@ -49,12 +50,12 @@ def test_npz_8x8_grayscale_3_classes_with_its_own_test_set(tmp_path, capsys):
     data = load_dataset(f"npz:{path}")
     assert data.input_shape == (1, 8, 8) and data.num_classes == 3 and len(data.y_test) == 60
     assert int(data.y_train.max()) == 2 and 0 <= float(data.x_train.min()) and float(data.x_train.max()) <= 1
-    assert _search(tmp_path, "--dataset", f"npz:{path}", budget="100k", min_steps=None) == 0  # default 300
+    assert _search(tmp_path, "--dataset", f"npz:{path}", budget="100k", min_steps=None) == 0  # the default
     study = _study(tmp_path)
     assert len(_trained(study)) == 2
-    # 1 epoch of 255 images (300 minus 45 for validation) is 7 steps: --min-steps 300 makes it 42.9
-    assert study.user_attrs["nas_kd.identity"]["min_steps"] == 300
-    assert "42.9 epochs on 255 images" in capsys.readouterr().err
+    # 1 epoch of 255 images (300 minus 45 for validation) is 7 steps: the default --min-steps 150 makes it 21.4
+    assert study.user_attrs["nas_kd.identity"]["min_steps"] == SearchConfig().min_steps == 150
+    assert "21.4 epochs on 255 images" in capsys.readouterr().err
     assert all(t.user_attrs["spec"]["in_channels"] == 1 and t.user_attrs["spec"]["num_classes"] == 3
                for t in _trained(study))
     teacher = study.user_attrs["nas_kd.teacher"]

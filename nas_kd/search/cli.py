@@ -123,7 +123,7 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
                    help=f"SGD steps per candidate at least; small datasets get more epochs (default {_D.min_steps}; "
                    "0: exactly --epochs)")
     p.add_argument("--train-subset", type=int, default=_D.train_subset,
-                   help=f"training images per candidate, 0 = all (default {_D.train_subset})")
+                   help="training images per candidate, 0 = all (default: all)")
     p.add_argument("--val-size", type=float, help="validation images (≥ 1) or fraction (< 1) carved from train")
     p.add_argument("--split-seed", type=int, default=_D.split_seed,
                    help=f"seed of the train/validation split (default {_D.split_seed})")
