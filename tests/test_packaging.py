@@ -49,20 +49,21 @@ def test_the_wheel_holds_every_module_the_default_space_and_the_shipped_teachers
 
 def test_a_search_runs_from_the_installed_wheel_outside_the_checkout(wheel, tmp_path):
     venv = tmp_path / "venv"
-    # The venv sees the machine's torch, optuna, ... but its own nas_kd: the wheel's, not the checkout's.
+    clean = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no PYTHONPATH (the tests' own points at the checkout)
+    # The venv sees the machine's torch, optuna, ... but its own nas_kd: the wheel's, not the checkout's
+    # (forced: pip would take the editable install it can also see for the same version).
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--force-reinstall",
+                    str(wheel)], check=True, capture_output=True, timeout=300, env=clean)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = subprocess.run([python, "-c", "import nas_kd; print(nas_kd.__file__)"], cwd=elsewhere, check=True,
-                           capture_output=True, text=True).stdout
+                           capture_output=True, text=True, env=clean).stdout
     assert str(venv) in where
     run = subprocess.run([python, "-m", "nas_kd.search", "--dataset", "digits", "--budget", "300k", "--trials", "2",
-                          "--threads", "1", "--cache-dir", str(tmp_path / "cache")],
-                         cwd=elsewhere, capture_output=True, text=True, timeout=600,
-                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+                          "--cache-dir", str(tmp_path / "cache")],
+                         cwd=elsewhere, capture_output=True, text=True, timeout=600, env=clean)
     assert run.returncode == 0, run.stderr
     assert "front written to studies/digits-300kFLOPs/front.csv" in run.stdout
     assert (elsewhere / "studies" / "digits-300kFLOPs.db").exists()
