@@ -43,8 +43,9 @@ from nas_kd.train import TrainSettings, accuracy, train_model
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
-CANDIDATES = [ROOT / "search_spaces" / "default-v1.yaml", HERE / "spaces" / "growing.yaml",
-              HERE / "spaces" / "growing-plain.yaml"]
+CANDIDATES = [ROOT / "search_spaces" / "default-v1.yaml",
+              *(HERE / "spaces" / f"{name}.yaml" for name in ("growing", "growing-plain", "growing-plain-pruned",
+                                                             "default-v1-pruned"))]
 SHAPE = (1, 28, 28)
 MAX_DRAWS = 100_000  # a space whose members almost never land in the window is reported, not looped on
 
