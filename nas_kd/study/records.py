@@ -127,7 +127,7 @@ def to_record(t: FrozenTrial, promotions: tuple[FrozenTrial, ...] = ()) -> Trial
         train_seconds=last.user_attrs.get(Attr.TRAIN_SECONDS) if last else a.get(Attr.TRAIN_SECONDS),
         summary=a.get(Attr.SUMMARY, ""),
         spec=a.get(Attr.SPEC),
-        feasible=is_feasible(t) if t.constraints else a.get(Attr.STATUS) != Status.INFEASIBLE,
+        feasible=is_feasible(t),
         fail_reason=a.get(Attr.FAIL_REASON),
         kd=a.get(Attr.KD),
         rung=last.user_attrs[Attr.RUNG] if last else 0,
