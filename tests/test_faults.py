@@ -221,7 +221,7 @@ def test_sigkilled_worker_leaves_no_trial_running_forever(tmp_path, cache_dir):
 def _warm_space(tmp_path, *names: str) -> Path:
     """The default space with small hand designs (they fit the tiny budget) as its warm start."""
     lines = {"hand-a": "stem8/s1 | ds k3 c16 s2 x1 | fc | relu", "hand-b": "stem8/s2 | ir2 k3 c16 s1 x1 | fc | relu"}
-    text = (Path(__file__).parent.parent / "search_spaces" / "default.yaml").read_text().split("warm_start:")[0]
+    text = (Path(__file__).parent.parent / "search_spaces" / "default-v1.yaml").read_text().split("warm_start:")[0]
     space = tmp_path / "warm.yaml"
     space.write_text(text + "warm_start:\n" + "".join(f"  {n}: {lines[n]}\n" for n in names))
     return space

@@ -151,7 +151,7 @@ def test_a_new_study_trains_the_spaces_hand_designs_first(tmp_path, cache_dir):
 
     space = tmp_path / "warm.yaml"
     designs = {"hand-a": "stem8/s1 | ds k3 c16 s2 x1 | fc | relu", "hand-b": "stem8/s2 | ir2 k3 c16 s1 x1 | fc | relu"}
-    text = (Path(__file__).parent.parent / "search_spaces" / "default.yaml").read_text().split("warm_start:")[0]
+    text = (Path(__file__).parent.parent / "search_spaces" / "default-v1.yaml").read_text().split("warm_start:")[0]
     space.write_text(text + "warm_start:\n" + "".join(f"  {n}: {line}\n" for n, line in designs.items()))
     assert run(tmp_path, cache_dir, "--trials", "3", "--space", str(space)) == 0
     study = load(tmp_path)
