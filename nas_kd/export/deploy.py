@@ -3,10 +3,7 @@ runtime checked against PyTorch on real images, and the latency of one image on 
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +12,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from nas_kd.files import atomic_path, write_json
+from nas_kd.model.latency import LATENCY_METHOD, export_onnx, ort_session, time_runs
 from nas_kd.model.spec import ArchSpec
 
 ONNX_TOLERANCE = 1e-4  # max |logit difference| an exported runtime may show against PyTorch
-LATENCY_REPEATS = 200
 
 
 def write_deployables(model: nn.Module, spec: ArchSpec, batch: torch.Tensor, folder: Path) -> dict:
@@ -50,48 +47,27 @@ def _save_weights(model: nn.Module, path: Path) -> None:
 def _save_runtimes(model: nn.Module, example: torch.Tensor, folder: Path) -> None:
     """TorchScript (traced) and ONNX (opset 17, any batch size) of ``model``."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer and exporter notes a user cannot act on
+        warnings.simplefilter("ignore")  # tracer notes a user cannot act on
         with atomic_path(folder / "model.ts") as tmp:
             torch.jit.trace(model, example).save(str(tmp))
-        with atomic_path(folder / "model.onnx") as tmp:
-            torch.onnx.export(
-                model, (example,), str(tmp), dynamo=False, opset_version=17,
-                input_names=["images"], output_names=["logits"],
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-            )
+    with atomic_path(folder / "model.onnx") as tmp:
+        export_onnx(model, example, tmp)  # the graph the search's latency timed
 
 
 def onnx_session(path: Path):  # noqa: ANN201 - an onnxruntime.InferenceSession
     """A CPU session on one thread that does not spin: latency measured alone, not against idle threads."""
-    import onnxruntime as ort  # a heavy import that only this check needs
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads=1)
 
 
 def _latency(model: nn.Module, session, one: torch.Tensor) -> dict:  # noqa: ANN001 - an InferenceSession
-    """Median time per image, batch 1, one thread, in PyTorch and onnxruntime."""
+    """Median time per image, batch 1, one thread, in PyTorch and onnxruntime (``time_runs``'s rule)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            torch_us = _median_us(model, one)
+            torch_us = time_runs(model, one).median_us
     finally:
         torch.set_num_threads(threads)
-    onnx_us = _median_us(lambda x: session.run(None, {"images": x}), one.numpy())
+    onnx_us = time_runs(lambda x: session.run(None, {"images": x}), one.numpy()).median_us
     return {"pytorch": round(torch_us, 1), "onnxruntime": round(onnx_us, 1), "threads": 1, "batch": 1,
-            "statistic": f"median of {LATENCY_REPEATS} runs"}
-
-
-def _median_us(fn: Callable, x: object) -> float:
-    for _ in range(20):  # warm-up: allocations and lazy initialisation stay out of the figure
-        fn(x)
-    times = []
-    for _ in range(LATENCY_REPEATS):
-        t = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e6
+            "statistic": LATENCY_METHOD}
