@@ -37,3 +37,30 @@ def format_quantity(value: float) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.3g}{suffix}"
     return f"{value:.0f}"
+
+
+_BYTE_SUFFIX = {"": 1, "k": 1000, "m": 1000**2, "ki": 1024, "mi": 1024**2}
+_BYTES = re.compile(r"^\s*(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<suffix>[km]i?)?\s*(?P<unit>b|bytes?)?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(text: str, *, what: str = "memory budget") -> int:
+    """Bytes written as ``64kB``, ``0.5MB``, ``65536`` or ``64KiB``: k and M are 1000 and 1000²
+    (a budget read as the stricter figure when a datasheet's "KB" means 1024), KiB and MiB 1024 and 1024².
+
+    Raises UserError with examples when ``text`` cannot be read or is under one byte."""
+    match = _BYTES.match(str(text))
+    if match is None:
+        raise UserError(f"cannot read {what} {text!r}: write bytes with an optional k/M/KiB/MiB suffix, "
+                        "e.g. 64kB, 0.5MB, 256KiB, 65536")
+    value = float(match["num"]) * _BYTE_SUFFIX[(match["suffix"] or "").lower()]
+    if value < 1:
+        raise UserError(f"{what} {text!r} must be at least 1 byte")
+    return int(round(value))
+
+
+def format_bytes(value: float) -> str:
+    """Short human form in SI units: 65_536 -> '65.5 kB', 900 -> '900 B'."""
+    for suffix, scale in (("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {suffix}"
+    return f"{value:.0f} B"
