@@ -92,7 +92,7 @@ def test_ctrl_c_before_training_fails_that_trial_too(tmp_path, cache_dir, monkey
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trial_loop, "screen_cost", interrupted)  # Ctrl-C while the candidate is counted
+    monkeypatch.setattr(trial_loop, "screen", interrupted)  # Ctrl-C while the candidate is counted
     assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "early",
                  "--trials", "2", "--epochs", "3"]) == 130
     assert "interrupted: finished trials are saved" in capsys.readouterr().err

@@ -49,7 +49,7 @@ def test_a_rung_promotes_its_best_third_and_the_highest_rung_comes_first():
     assert second is not None and second.candidate != first.candidate
     promoted.add((second.candidate, 0))
     assert next_promotion(rung0, promoted=promoted, top_rung=2, eta=3) is None  # 6 // 3 = 2 places only
-    rung1 = [_r(first.candidate, 0.9, first.flops, 1), _r(second.candidate, 0.91, second.flops, 1),
+    rung1 = [_r(first.candidate, 0.9, first.cost, 1), _r(second.candidate, 0.91, second.cost, 1),
              _r(99, 0.92, 9_000_000, 1)]
     up = next_promotion(rung0 + rung1, promoted=promoted | {(99, 0)}, top_rung=2, eta=3)
     assert up is not None and up.rung == 1  # a rung-1 result goes to rung 2 before more rung-0 ones

@@ -62,6 +62,20 @@ class ReportData:
     wall_seconds: float | None = None  # first trial start -> last trial complete
     first_start: datetime | None = None
     last_complete: datetime | None = None
+    objective: str = "flops"  # the front's cost axis: flops, or latency (--objective latency)
+    budget_memory: int | None = None  # int8 bytes
+    budget_size: int | None = None
+    budget_latency_us: float | None = None
+    latency_method: str | None = None  # how latencies were measured, when they were
+
+    @property
+    def cost_attr(self) -> str:
+        """The record field on the front's cost axis."""
+        return "latency_us" if self.objective == "latency" else "flops"
+
+    @property
+    def cost_budget(self) -> float | None:
+        return self.budget_latency_us if self.objective == "latency" else self.budget_flops
 
     @property
     def feasible_trained(self) -> list[TrialRecord]:
@@ -90,9 +104,11 @@ def report_data(study: optuna.Study) -> ReportData:
     config = settings.get("config") or {}
     data_split = settings.get("data") or {}
     budget = identity.get("budget_flops", config.get("budget_flops"))
+    objective = identity.get("objective") or "flops"
+    axis_budget = identity.get("budget_latency_us") if objective == "latency" else budget
     num_classes = identity.get("num_classes") or data_split.get("num_classes")
     ref_accuracy = 1.0 / num_classes if num_classes else 0.0
-    ref_cost = float(budget) if budget else _costliest_trained(records)
+    ref_cost = float(axis_budget) if axis_budget else _costliest_trained(records)
     hv_numbers, hv_values = _hypervolume_history(records, ref_accuracy, ref_cost)
     importances, importance_note = _importances(study)
     flags = settings.get("flags")
@@ -107,6 +123,8 @@ def report_data(study: optuna.Study) -> ReportData:
         data_split=data_split, space=settings.get("space") or {},
         flop_convention=identity.get("flop_convention") or settings.get("flop_convention") or FLOP_CONVENTION,
         teacher=attrs.get(TEACHER_ATTR), **_timings(study),
+        objective=objective, budget_memory=identity.get("budget_memory"), budget_size=identity.get("budget_size"),
+        budget_latency_us=identity.get("budget_latency_us"), latency_method=identity.get("latency_method"),
     )
 
 
@@ -119,7 +137,7 @@ def _counts(records: list[TrialRecord]) -> dict[str, int]:
 
 def _costliest_trained(records: list[TrialRecord]) -> float | None:
     """Without a budget (not a nas_kd study) the hypervolume is bounded by the costliest trained trial."""
-    costs = [r.flops for r in records if r.flops is not None and r.val_accuracy is not None]
+    costs = [r.cost for r in records if r.cost is not None and r.val_accuracy is not None]
     return max(costs) * 1.1 if costs else None
 
 
@@ -146,8 +164,8 @@ def _hypervolume_history(
     front: list[tuple[float, float]] = []
     numbers, values, area = [], [], 0.0
     for r in records:
-        if r.on_front_candidate and r.flops is not None:
-            points = [*front, (r.val_accuracy, float(r.flops))]
+        if r.on_front_candidate and r.cost is not None:
+            points = [*front, (r.val_accuracy, float(r.cost))]
             front = [points[i] for i in pareto_front(points)]
             area = hypervolume(front, ref_accuracy=ref_accuracy, ref_cost=ref_cost)
         numbers.append(r.number)

@@ -77,7 +77,7 @@ def _accuracy_traces(data: ReportData, x_of: str, n_points: int) -> list:
     return traces
 
 
-def _untrained_traces(untrained: list[TrialRecord], n_points: int) -> list:
+def _untrained_traces(untrained: list[TrialRecord], n_points: int, x_of: str = "flops") -> list:
     """Over-budget and failed trials have a cost but no accuracy: markers on a categorical strip."""
     traces = []
     for status, label, color, symbol in ((Status.INFEASIBLE, "over budget", FADED, "circle"),
@@ -85,7 +85,7 @@ def _untrained_traces(untrained: list[TrialRecord], n_points: int) -> list:
         group = [r for r in untrained if outcome(r) == status]
         if group:
             traces.append(_scatter(n_points)(
-                x=[r.flops for r in group], y=[label] * len(group), mode="markers",
+                x=[getattr(r, x_of) for r in group], y=[label] * len(group), mode="markers",
                 name=f"{label}, not trained ({len(group)})", customdata=_hover_data(group),
                 hovertemplate=_HOVER_UNTRAINED,
                 marker=dict(color=color, symbol=symbol, size=5 if n_points > WEBGL_ABOVE else 7, opacity=0.35),
@@ -94,20 +94,22 @@ def _untrained_traces(untrained: list[TrialRecord], n_points: int) -> list:
 
 
 def draw_pareto(data: ReportData) -> go.Figure:
-    """Validation accuracy against FLOPs: every trial, the front as a step line, budget and teacher.
+    """Validation accuracy against the front's cost (FLOPs, or latency with ``--objective latency``):
+    every trial, the front as a step line, budget and teacher.
 
     Trials without an accuracy (over budget, failed) go in a strip below the chart, on the same x axis."""
-    untrained = [r for r in data.records if r.flops is not None and r.val_accuracy is None
+    x, unit, title = _cost_axis(data)
+    untrained = [r for r in data.records if getattr(r, x) is not None and r.val_accuracy is None
                  and outcome(r) in (Status.INFEASIBLE, Status.FAILED)]
-    drawn = [r for r in data.records if r.flops is not None]
+    drawn = [r for r in data.records if getattr(r, x) is not None]
     rows = 2 if untrained else 1
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.04,
                         row_heights=[0.8, 0.2] if rows == 2 else None)
-    for trace in _accuracy_traces(data, "flops", len(drawn)):
+    for trace in _accuracy_traces(data, x, len(drawn)):
         fig.add_trace(trace, row=1, col=1)
     if data.front:
         fig.add_trace(_scatter(len(drawn))(
-            x=[r.flops for r in data.front], y=[r.val_accuracy for r in data.front], mode="lines+markers",
+            x=[getattr(r, x) for r in data.front], y=[r.val_accuracy for r in data.front], mode="lines+markers",
             line=dict(shape="hv", color=FRONT_COLOR, width=2), name=f"Pareto front ({len(data.front)})",
             marker=dict(color=FRONT_COLOR, size=10, line=dict(color="white", width=1)),
             customdata=_hover_data(data.front), hovertemplate=_HOVER,
@@ -115,20 +117,78 @@ def draw_pareto(data: ReportData) -> go.Figure:
     else:
         _no_feasible_note(fig, 18)
         fig.update_yaxes(range=[0, 1], row=1, col=1)
-    for trace in _untrained_traces(untrained, len(drawn)):
+    for trace in _untrained_traces(untrained, len(drawn), x):
         fig.add_trace(trace, row=2, col=1)
-    _draw_teacher(fig, data, "flops")
-    if data.budget_flops:
-        _budget_line(fig, data.budget_flops, f"budget {format_quantity(data.budget_flops)} FLOPs")
-    if _span_is_wide([r.flops for r in drawn] + [data.budget_flops or 0, data.teacher_cost("flops")]):
+    if x == "flops":
+        _draw_teacher(fig, data, "flops")
+    budget = data.cost_budget
+    if budget:
+        _budget_line(fig, budget, f"budget {_cost_text(data, budget)}")
+    if _span_is_wide([getattr(r, x) for r in drawn] + [budget or 0, data.teacher_cost("flops") if x == "flops" else 0]):
         fig.update_xaxes(type="log")
     fig.update_yaxes(title_text="validation accuracy", tickformat=".0%", row=1, col=1)
-    fig.update_xaxes(title_text="FLOPs (1 multiply-add = 1 FLOP)", row=rows, col=1)
+    fig.update_xaxes(title_text=unit, row=rows, col=1)
     fig.update_layout(
-        title=f"Validation accuracy against FLOPs ({len(data.records)} trials; front in red)",
+        title=f"Validation accuracy against {title} ({len(data.records)} trials; front in red)",
         height=620, template="plotly_white", hovermode="closest",
     )
     return fig
+
+
+def _cost_axis(data: ReportData) -> tuple[str, str, str]:
+    """The record field on the front's cost axis, the axis title and the chart's name for it."""
+    if data.cost_attr == "latency_us":
+        return "latency_us", "latency, µs per image (onnxruntime, batch 1, this machine)", "latency"
+    return "flops", "FLOPs (1 multiply-add = 1 FLOP)", "FLOPs"
+
+
+def _cost_text(data: ReportData, value: float) -> str:
+    return f"{value:,.0f} µs" if data.cost_attr == "latency_us" else f"{format_quantity(value)} FLOPs"
+
+
+def draw_latency(data: ReportData) -> go.Figure | None:
+    """Measured latency against FLOPs of the trained candidates, with their rank correlation
+    (None when the study measured no latency)."""
+    timed = [r for r in data.feasible_trained if r.latency_us is not None and r.flops is not None]
+    if not timed:
+        return None
+    rho = rank_correlation([r.flops for r in timed], [r.latency_us for r in timed])
+    fig = go.Figure(_scatter(len(timed))(
+        x=[r.flops for r in timed], y=[r.latency_us for r in timed], mode="markers",
+        name=f"trained ({len(timed)})", customdata=_hover_data(timed),
+        hovertemplate="trial #%{customdata[0]}<br>FLOPs %{customdata[1]}<br>latency %{y:,.0f} µs"
+                      "<br>%{customdata[3]}<extra></extra>",
+        marker=dict(color=TRIAL_COLOR, size=8, opacity=0.7)))
+    corr = "n/a" if rho is None else f"{rho:.2f}"
+    fig.update_layout(title=f"Latency against FLOPs (trained candidates; Spearman rank correlation {corr})",
+                      template="plotly_white", xaxis_title="FLOPs (1 multiply-add = 1 FLOP)",
+                      yaxis_title="latency, µs per image (onnxruntime, batch 1)", height=480)
+    return fig
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float | None:
+    """Spearman's ρ (Pearson's correlation of average ranks); None for fewer than 3 points or no spread."""
+    if len(a) < 3:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
+    return cov / (va * vb) ** 0.5 if va > 0 and vb > 0 else None
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
 
 
 def _draw_teacher(fig: go.Figure, data: ReportData, cost: str) -> None:

@@ -54,6 +54,11 @@ def _all_when_none(value: object) -> str:  # --train-subset 0 means every traini
 FLAG_OF_FIELD: tuple[tuple[str, str, Callable[[object], str]], ...] = (
     ("budget_flops", "--budget", _flops),
     ("budget_params", "--params", _count),
+    ("budget_memory", "--memory-budget", _text),
+    ("budget_size", "--size-budget", _text),
+    ("budget_latency_us", "--latency-budget", _text),
+    ("objective", "--objective", _text),
+    ("latency_threads", "--latency-threads", _text),
     ("dataset", "--dataset", _text),
     ("data_dir", "--data-dir", _text),
     ("space", "--space", _text),

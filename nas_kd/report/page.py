@@ -16,12 +16,13 @@ import plotly.graph_objects as go
 
 from nas_kd.files import write_text
 from nas_kd.progress import format_seconds
-from nas_kd.quantity import format_quantity
+from nas_kd.quantity import format_bytes, format_quantity
 from nas_kd.report.data import STATUS_ORDER, ReportData, outcome, report_data
 from nas_kd.report.figures import (
     NO_FEASIBLE,
     draw_history,
     draw_importance,
+    draw_latency,
     draw_params,
     draw_pareto,
     format_count,
@@ -104,6 +105,13 @@ def _summary_line(data: ReportData) -> str:
     budget = f"budget {format_quantity(data.budget_flops)} FLOPs" if data.budget_flops else "no FLOP budget recorded"
     if data.budget_params:
         budget += f" and {format_quantity(data.budget_params)} parameters"
+    for value, what in ((data.budget_memory, "int8 peak memory"), (data.budget_size, "int8 model size")):
+        if value:
+            budget += f", {format_bytes(value)} {what}"
+    if data.budget_latency_us:
+        budget += f", {data.budget_latency_us:,.0f} µs latency"
+    if data.objective == "latency":
+        budget += " (front: accuracy against measured latency)"
     best = max((r.val_accuracy for r in data.front), default=None)
     best_text = f"best validation accuracy within budget {best:.2%}" if best is not None else NO_FEASIBLE
     return (f"{len(data.records)} trials: {c[Status.TRAINED]} trained, {c[Status.INFEASIBLE]} over budget "
@@ -115,16 +123,30 @@ def _front_section(data: ReportData) -> str:
     if not data.front:
         return f'<p class="note">{_e(NO_FEASIBLE.capitalize())}.</p>'
     searched = any(r.kd for r in data.front)  # --kd search: show which recipe won each point
+    memory = any(r.peak_memory is not None for r in data.front)  # studies of older versions lack it
+    timed = any(r.latency_us is not None for r in data.front)
     rows = [[r.number, f"{r.val_accuracy:.2%}", str(r.rung), " → ".join(f"{a:.2%}" for a in r.rung_accuracies),
-             format_count(r.flops), format_count(r.params),
-             "-" if r.train_seconds is None else f"{r.train_seconds:.1f}", r.summary]
+             format_count(r.flops), format_count(r.params)]
+            + ([_bytes(r.peak_memory), _bytes(r.model_size)] if memory else [])
+            + ([_micros(r.latency_us)] if timed else [])
+            + ["-" if r.train_seconds is None else f"{r.train_seconds:.1f}", r.summary]
             + ([r.kd_text] if searched else []) for r in data.front]
+    header = (["trial", "val accuracy", "rung", "accuracy by rung", "FLOPs", "params"]
+              + (["peak memory (int8)", "size (int8)"] if memory else []) + (["latency µs"] if timed else [])
+              + ["train s", "architecture"] + (["KD recipe"] if searched else []))
+    numeric = frozenset({0, 1, 2, *range(4, len(header) - 1 - searched)})
     return ("<h3>The front, cheapest first</h3>"
             "<p class=\"note\">Accuracy at the longest rung each candidate reached; a candidate goes up a rung "
             "when it ranks among the best third of a rung's results (Pareto rank, spread kept).</p>"
-            + _table(["trial", "val accuracy", "rung", "accuracy by rung", "FLOPs", "params", "train s",
-                      "architecture"] + (["KD recipe"] if searched else []), rows, table_id="front-table",
-                     numeric=frozenset({0, 1, 2, 4, 5, 6})))
+            + _table(header, rows, table_id="front-table", numeric=numeric))
+
+
+def _bytes(value: int | None) -> str:
+    return "-" if value is None else f"{format_bytes(value)} ({value:,} B)"
+
+
+def _micros(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def _search_section(data: ReportData) -> str:
@@ -204,18 +226,23 @@ def hypervolume_caption(data: ReportData) -> str:
     """How the hypervolume is measured: its reference point, in words (plain text)."""
     chance = (f"chance level 1/{data.num_classes} = {data.ref_accuracy:.1%}" if data.num_classes
               else f"{data.ref_accuracy:.1%}")
-    cost = (f"the budget, {format_quantity(data.ref_cost)} FLOPs" if data.budget_flops
-            else f"{format_quantity(data.ref_cost or 0)} FLOPs (no budget recorded)")
-    return (f"Hypervolume: the area of (accuracy, FLOPs) dominated by the feasible front and bounded by the "
-            f"reference point accuracy = {chance}, FLOPs = {cost}; shown as a fraction of the box "
-            f"(100% − chance) × reference FLOPs, so 1.0 would be 100% accuracy at zero FLOPs.")
+    axis = "latency" if data.objective == "latency" else "FLOPs"
+    cost = (f"the budget, {_cost(data, data.ref_cost)}" if data.cost_budget
+            else f"{_cost(data, data.ref_cost or 0)} (no budget recorded)")
+    return (f"Hypervolume: the area of (accuracy, {axis}) dominated by the feasible front and bounded by the "
+            f"reference point accuracy = {chance}, {axis} = {cost}; shown as a fraction of the box "
+            f"(100% − chance) × reference {axis}, so 1.0 would be 100% accuracy at zero {axis}.")
+
+
+def _cost(data: ReportData, value: float) -> str:
+    return f"{value:,.0f} µs" if data.objective == "latency" else f"{format_quantity(value)} FLOPs"
 
 
 def _pareto_caption(data: ReportData) -> str:
     text = ("Every trial with a counted cost is drawn; trials over budget were never trained and failed trials "
             "have no accuracy, so both sit in the strip below the chart.")
-    if data.budget_flops:
-        text += f" The dotted line is the budget, {format_quantity(data.budget_flops)} FLOPs."
+    if data.cost_budget:
+        text += f" The dotted line is the budget, {_cost(data, data.cost_budget)}."
     if data.teacher and data.teacher.get("val_accuracy") is not None:
         text += (f" The {'star' if data.teacher_cost('flops') else 'dashed line'} is the teacher "
                  f"(validation accuracy {data.teacher['val_accuracy']:.2%}).")
@@ -224,9 +251,12 @@ def _pareto_caption(data: ReportData) -> str:
 
 def report_figures(data: ReportData) -> list[Figure]:
     """The page's figures in order; the first is the Pareto chart (the PNG is made of it)."""
+    latency = draw_latency(data)
+    axis = "latency" if data.objective == "latency" else "FLOPs"
     return [
-        ("Pareto front: validation accuracy against FLOPs", draw_pareto(data), _pareto_caption(data)),
+        (f"Pareto front: validation accuracy against {axis}", draw_pareto(data), _pareto_caption(data)),
         ("Accuracy against parameters", draw_params(data), ""),
+        *([("Latency against FLOPs", latency, data.latency_method or "")] if latency is not None else []),
         ("Optimisation history", draw_history(data), hypervolume_caption(data)),
         ("Which architecture choices mattered", draw_importance(data),
          data.importance_note or "fANOVA importance of each sampled parameter for validation accuracy, over "

@@ -1,4 +1,4 @@
-"""One candidate student: its cost (cheap when it is over budget), its training and score, its weights."""
+"""One candidate student: its training and score, its promotions, its weights (its costs: ``budget``)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,12 @@ import torch
 
 from nas_kd.distill import KDSettings, needs_features
 from nas_kd.files import save_torch
-from nas_kd.model.cost import Cost, analytic_flops, count_cost, count_params
-from nas_kd.model.spec import ArchSpec
 from nas_kd.search.config import SearchConfig
 from nas_kd.search.early_stop import PROBE_IMAGES, check_half_way
 from nas_kd.search.prepare import Run
 from nas_kd.search.rungs import rung_steps
 from nas_kd.train import TrainSettings, accuracy, at_least_steps, train_model
 from nas_kd.train.settings import total_steps
-
-
-def screen_cost(model: torch.nn.Module, spec: ArchSpec, shape: tuple[int, int, int], budget: int) -> Cost:
-    """The candidate's cost, cheaply when it is over budget: the analytic count (microseconds,
-    equal to fvcore's on every spec tested) rejects it; fvcore (~0.5 s) counts those that train."""
-    flops = analytic_flops(spec, shape)
-    if flops > budget:
-        return Cost(flops=flops, params=count_params(model))
-    return count_cost(model, shape)
 
 
 def trial_settings(cfg: SearchConfig, n_images: int) -> TrainSettings:

@@ -23,9 +23,10 @@ from nas_kd.data import dataset_names
 from nas_kd.distill import KD_SEARCH, KDSettings, kd_loss_names
 from nas_kd.errors import UserError
 from nas_kd.model.cost import FLOP_CONVENTION
+from nas_kd.model.latency import parse_duration
 from nas_kd.progress import Progress
-from nas_kd.quantity import format_quantity, parse_quantity
-from nas_kd.search.config import SAMPLERS, STORAGE_ENV, SearchConfig
+from nas_kd.quantity import format_quantity, parse_bytes, parse_quantity
+from nas_kd.search.config import OBJECTIVES, SAMPLERS, STORAGE_ENV, SearchConfig
 from nas_kd.search.run import WorkerFailed, run_search
 from nas_kd.search.workers import default_workers
 from nas_kd.study.records import TrialRecord
@@ -67,6 +68,10 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         dataset=a.dataset, data_dir=a.data_dir,
         budget_flops=parse_quantity(a.budget, what="--budget"),
         budget_params=parse_quantity(a.params, what="--params") if a.params else None,
+        budget_memory=parse_bytes(a.memory_budget, what="--memory-budget") if a.memory_budget else None,
+        budget_size=parse_bytes(a.size_budget, what="--size-budget") if a.size_budget else None,
+        budget_latency_us=parse_duration(a.latency_budget, what="--latency-budget") if a.latency_budget else None,
+        objective=a.objective, latency_threads=a.latency_threads,
         space=a.space, trials=a.trials, timeout=a.timeout, seed=a.seed, split_seed=a.split_seed,
         val_size=a.val_size, train_subset=a.train_subset or None, min_steps=a.min_steps,
         train=TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed),
@@ -85,6 +90,15 @@ def _budget_and_data_flags(p: argparse.ArgumentParser) -> None:
     budget = f"{format_quantity(_D.budget_flops)}FLOPs"
     p.add_argument("--budget", default=budget, help=f"FLOP budget, e.g. 5MFLOPs, 5M, 750k, 0.5G (default {budget})")
     p.add_argument("--params", help="parameter budget, e.g. 50k (optional second constraint)")
+    p.add_argument("--memory-budget", help="int8 peak activation memory, e.g. 64kB, 256KiB (microcontrollers; "
+                   "counted before training: see docs/spaces.md)")
+    p.add_argument("--size-budget", help="int8 model size, e.g. 100kB (weights 1 byte, biases 4)")
+    p.add_argument("--latency-budget", help="onnxruntime latency of one image on this machine, e.g. 300us, 0.3ms "
+                   "(measured before training, cached per architecture)")
+    p.add_argument("--objective", default=_D.objective, choices=OBJECTIVES,
+                   help="the front's cost axis: flops (default) or latency (measured on this machine)")
+    p.add_argument("--latency-threads", type=positive_int("--latency-threads"), default=_D.latency_threads,
+                   help=f"onnxruntime threads when latency is measured (default {_D.latency_threads})")
     p.add_argument("--dataset", default=_D.dataset,
                    help=f"one of {', '.join(dataset_names())}, or npz:PATH, folder:PATH, pkg.module:factory")
     p.add_argument("--data-dir", help="folder with the dataset's files (Fashion-MNIST: the four IDX .gz files)")

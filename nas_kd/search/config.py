@@ -17,6 +17,7 @@ from nas_kd.study.storage import check_study_name
 from nas_kd.train import TrainSettings
 
 SAMPLERS = ("tpe", "random", "nsga2")
+OBJECTIVES = ("flops", "latency")
 STORAGE_ENV = "NAS_KD_STORAGE"  # the storage URL when --storage is not given (keeps a password out of argv)
 
 
@@ -26,6 +27,11 @@ class SearchConfig:
     data_dir: str | None = None
     budget_flops: int = 5_000_000  # fvcore FLOPs (one multiply-add = one FLOP)
     budget_params: int | None = None  # a second constraint when given
+    budget_memory: int | None = None  # int8 peak activation bytes (nas_kd.model.memory)
+    budget_size: int | None = None  # int8 model bytes
+    budget_latency_us: float | None = None  # onnxruntime latency, batch 1, on this machine
+    objective: str = "flops"  # the front's cost axis: flops, or latency (measured)
+    latency_threads: int = 1  # onnxruntime threads when latency is measured
     space: str = "default"
     trials: int = 40  # candidates to train in this run (over-budget ones are extra and free)
     timeout: float | None = None  # seconds; no new trial starts after it
@@ -62,6 +68,10 @@ class SearchConfig:
         for flag, value in (("--trials", self.trials), ("--workers", self.workers), ("--threads", self.threads)):
             if value is not None and value < 1:
                 raise UserError(f"{flag} must be at least 1, got {value}")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"unknown --objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if self.latency_threads < 1:
+            raise UserError(f"--latency-threads must be at least 1, got {self.latency_threads}")
         if self.rungs < 1 or self.eta < 2:
             raise UserError(f"--rungs must be at least 1 and --eta at least 2, got {self.rungs} and {self.eta}")
         if self.timeout is not None and not self.timeout > 0:
@@ -88,6 +98,11 @@ class SearchConfig:
     def stops_early(self) -> bool:
         """Half-way early stopping: a single-length search's way to spend less on hopeless candidates."""
         return self.early_stop and self.rungs == 1
+
+    @property
+    def uses_latency(self) -> bool:
+        """Latency is measured for every candidate that fits the other budgets."""
+        return self.objective == "latency" or self.budget_latency_us is not None
 
     @property
     def out_dir(self) -> Path:

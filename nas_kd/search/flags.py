@@ -20,6 +20,11 @@ def flag_values(cfg: SearchConfig) -> dict[str, FlagValue]:
     return {
         "--budget": _quantity(c.budget_flops) + "FLOPs",
         "--params": _quantity(c.budget_params) if c.budget_params else None,
+        "--memory-budget": f"{c.budget_memory}B" if c.budget_memory else None,
+        "--size-budget": f"{c.budget_size}B" if c.budget_size else None,
+        "--latency-budget": f"{_number(c.budget_latency_us)}us" if c.budget_latency_us else None,
+        "--objective": c.objective,
+        "--latency-threads": str(c.latency_threads),
         "--dataset": c.dataset,
         "--data-dir": c.data_dir,
         "--space": c.space,

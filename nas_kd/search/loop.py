@@ -17,11 +17,11 @@ from nas_kd import interrupts
 from nas_kd.distill import KDSettings, suggest_kd
 from nas_kd.errors import TrialFailed, UserError
 from nas_kd.model.builder import build_student
-from nas_kd.model.cost import Cost
 from nas_kd.model.spec import ArchSpec
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.quantity import format_quantity
-from nas_kd.search.candidate import checkpoint_path, save_weights, screen_cost, train_candidate, train_promotion
+from nas_kd.search.budget import CandidateCost, fits, overshoot, screen
+from nas_kd.search.candidate import checkpoint_path, save_weights, train_candidate, train_promotion
 from nas_kd.search.config import SearchConfig
 from nas_kd.search.early_stop import StoppedEarly, observed_gains, stop_below
 from nas_kd.search.heartbeat import Heartbeat, fail_stale
@@ -126,10 +126,10 @@ class _Loop:
         spec = self.run.space.sample(trial, split.input_shape, split.num_classes)
         torch.manual_seed(cfg.seed)
         model = build_student(spec)
-        cost = screen_cost(model, spec, split.input_shape, cfg.budget_flops)
+        cost = screen(model, spec, split.input_shape, cfg, self.run.latency)
         interrupts.check()
         _record_candidate(trial, spec, cost, cfg)
-        if not _fits(cost, cfg):
+        if not fits(cost, cfg):
             self._reject(trial, cost)
             return
         kd = suggest_kd(trial, list(self.run.kd_losses)) if cfg.kd.searched else cfg.kd
@@ -141,20 +141,20 @@ class _Loop:
         else:
             self._train(trial, spec, model, cost, kd, key)
 
-    def _reject(self, trial: optuna.Trial, cost: Cost) -> None:
+    def _reject(self, trial: optuna.Trial, cost: CandidateCost) -> None:
         trial.set_user_attr(Attr.STATUS, Status.INFEASIBLE)
-        self.study.tell(trial, [0.0, float(cost.flops)])
+        self.study.tell(trial, [0.0, cost.objective(self.cfg)])
         self.counts.skipped += 1
         self.progress.status(self._status())
 
-    def _reuse(self, trial: optuna.Trial, cost: Cost, earlier: optuna.trial.FrozenTrial) -> None:
+    def _reuse(self, trial: optuna.Trial, cost: CandidateCost, earlier: optuna.trial.FrozenTrial) -> None:
         trial.set_user_attr(Attr.VAL_ACCURACY, earlier.user_attrs.get(Attr.VAL_ACCURACY))
         trial.set_user_attr(Attr.STATUS, Status.DUPLICATE)
         trial.set_user_attr(Attr.DUPLICATE_OF, earlier.number)
-        self.study.tell(trial, [earlier.values[0], float(cost.flops)])
+        self.study.tell(trial, [earlier.values[0], cost.objective(self.cfg)])
         self.counts.duplicates += 1
 
-    def _train(self, trial: optuna.Trial, spec: ArchSpec, model: torch.nn.Module, cost: Cost,
+    def _train(self, trial: optuna.Trial, spec: ArchSpec, model: torch.nn.Module, cost: CandidateCost,
                kd: KDSettings, key: str) -> None:
         n = trial.number
         self.progress.status(self._status(f"#{n} training {format_quantity(cost.flops)} FLOPs"), force=True)
@@ -177,7 +177,7 @@ class _Loop:
         else:
             self._trained(trial, spec, cost, kd, key, outcome)
 
-    def _trained(self, trial: optuna.Trial, spec: ArchSpec, cost: Cost, kd: KDSettings, key: str,
+    def _trained(self, trial: optuna.Trial, spec: ArchSpec, cost: CandidateCost, kd: KDSettings, key: str,
                  outcome: tuple[float, float, float | None]) -> None:
         val_acc, seconds, mid = outcome
         self.unexpected = 0
@@ -187,7 +187,7 @@ class _Loop:
         if mid is not None:
             trial.set_user_attr(Attr.MID_VAL, mid)
             self.gains.append(val_acc - mid)
-        self.known[key] = self.study.tell(trial, [val_acc, float(cost.flops)])
+        self.known[key] = self.study.tell(trial, [val_acc, cost.objective(self.cfg)])
         self.counts.trained += 1
         self.counts.train_seconds += seconds
         self.best = val_acc if self.best is None else max(self.best, val_acc)
@@ -277,20 +277,18 @@ def _key(spec_json: str, kd: dict | None) -> str:
     return spec_json + json.dumps(kd)
 
 
-def _record_candidate(trial: optuna.Trial, spec: ArchSpec, cost: Cost, cfg: SearchConfig) -> None:
-    """The candidate and its cost on the trial; its budget overshoot as the sampler's constraints."""
+def _record_candidate(trial: optuna.Trial, spec: ArchSpec, cost: CandidateCost, cfg: SearchConfig) -> None:
+    """The candidate and its costs on the trial; its budget overshoots as the sampler's constraints."""
     for key, value in ((Attr.SPEC, spec.to_dict()), (Attr.SPEC_JSON, spec.to_json()),
-                       (Attr.SUMMARY, spec.summary()), (Attr.FLOPS, cost.flops), (Attr.PARAMS, cost.params)):
-        trial.set_user_attr(key, value)
+                       (Attr.SUMMARY, spec.summary()), (Attr.FLOPS, cost.flops), (Attr.PARAMS, cost.params),
+                       (Attr.PEAK_MEMORY, cost.peak_memory), (Attr.MODEL_SIZE, cost.model_size),
+                       (Attr.LATENCY, cost.latency_us)):
+        if value is not None:
+            trial.set_user_attr(key, value)
     if cfg.worker_index is not None:
         trial.set_user_attr(Attr.WORKER, cfg.worker_index)
-    trial.set_constraint(Attr.FLOPS, cost.flops - cfg.budget_flops)
-    if cfg.budget_params is not None:
-        trial.set_constraint(Attr.PARAMS, cost.params - cfg.budget_params)
-
-
-def _fits(cost: Cost, cfg: SearchConfig) -> bool:
-    return cost.flops <= cfg.budget_flops and (cfg.budget_params is None or cost.params <= cfg.budget_params)
+    for name, value in overshoot(cost, cfg).items():
+        trial.set_constraint(name, value)
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, progress: Progress) -> None:

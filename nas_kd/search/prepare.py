@@ -8,7 +8,9 @@ The parent process also records the run's settings on a new study and enqueues i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import optuna
 import torch
@@ -19,9 +21,11 @@ from nas_kd.distill import kd_loss_names, needs_features
 from nas_kd.errors import UserError
 from nas_kd.model.builder import build_student
 from nas_kd.model.cost import FLOP_CONVENTION, count_cost
-from nas_kd.model.spec import parse_summary
+from nas_kd.model.latency import LATENCY_METHOD, LatencyCache, format_duration, machine_id
+from nas_kd.model.memory import MEMORY_CONVENTION, count_footprint
+from nas_kd.model.spec import ArchSpec, parse_summary
 from nas_kd.progress import Progress
-from nas_kd.quantity import format_quantity
+from nas_kd.quantity import format_bytes, format_quantity
 from nas_kd.search.config import SearchConfig
 from nas_kd.search.flags import recorded_flags
 from nas_kd.search.space import SearchSpace, load_space
@@ -29,7 +33,9 @@ from nas_kd.study.records import IDENTITY_ATTR, SETTINGS_ATTR, TEACHER_ATTR, Att
 from nas_kd.study.requeue import requeue_stopped_designs
 from nas_kd.study.storage import check_identity, open_study, redact_url
 from nas_kd.teacher import check_teacher_sources, default_teacher, load_teacher, teacher_logits
+from nas_kd.teacher.cache import default_cache_dir
 
+LatencyFn = Callable[[torch.nn.Module, ArchSpec], float]  # a candidate's latency in µs
 
 @dataclass
 class Run:
@@ -45,6 +51,7 @@ class Run:
     device: torch.device
     teacher: torch.nn.Module | None = None  # kept for losses that need teacher features
     kd_losses: tuple[str, ...] = ()  # what --kd search may choose from (feature losses need a module)
+    latency: LatencyFn | None = None  # µs of a candidate on this machine, when measured
 
 
 def prepare(cfg: SearchConfig, progress: Progress) -> Run:
@@ -56,12 +63,16 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
     split = split_dataset(data, val_size=val_size, seed=cfg.split_seed)
     space = load_space(cfg.space)
     _check_budget(cfg, space, split)
+    latency = _latency_meter(cfg, split, space) if cfg.uses_latency else None
     if cfg.kd.uses_teacher:
         check_teacher_sources(cfg.dataset, cfg.teachers, cfg.teacher_weights, cfg.teacher_files)
     _prepare_studies_dir(cfg)
     study = open_study(cfg.name, cfg.storage_url)
     _check_older_study(study, cfg)
     check_identity(study, identity(cfg, split, space))
+    if cfg.uses_latency:  # latencies from another kind of machine or thread count would not compare
+        check_identity(study, {"latency_machine": {**machine_id(), "threads": cfg.latency_threads},
+                               "latency_method": LATENCY_METHOD})
     if cfg.worker_index is None and SETTINGS_ATTR not in study.user_attrs:
         _record_settings(study, cfg, split, space, _effective(cfg, val_size, device))
     if cfg.worker_index is None and not study.trials and cfg.warm_start:
@@ -69,8 +80,26 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
     elif cfg.worker_index is None:  # before any worker starts: one process decides
         _requeue_stopped(study, progress)
     idx = split.subset_index(cfg.train_subset, cfg.split_seed)
-    run = Run(cfg, split, space, study, split.x_train[idx], split.y_train[idx], None, device)
+    run = Run(cfg, split, space, study, split.x_train[idx], split.y_train[idx], None, device, latency=latency)
     return _with_teacher(run, idx, progress) if cfg.kd.uses_teacher else run
+
+
+def _latency_meter(cfg: SearchConfig, split: Split, space: SearchSpace) -> LatencyFn:
+    """Latency in µs of a candidate on this machine, measured once per spec (``latency.sqlite`` in
+    the cache folder, shared by the workers); a budget below the space's cheapest member is refused
+    before any study is opened."""
+    cache = LatencyCache(Path(cfg.cache_dir or default_cache_dir()) / "latency.sqlite")
+    shape, threads = split.input_shape, cfg.latency_threads
+    if cfg.budget_latency_us is not None:
+        spec, _ = space.cheapest(shape, split.num_classes)
+        fastest = cache.get_or_measure(spec, None, shape, threads).median_us
+        if cfg.budget_latency_us < fastest:
+            raise UserError(
+                f"--latency-budget {format_duration(cfg.budget_latency_us)} is below the latency of space "
+                f"'{space.name}''s cheapest architecture on this machine: {format_duration(fastest)} "
+                f"({spec.summary()}, {threads} thread(s)). Raise --latency-budget to at least "
+                f"{format_duration(fastest)}, or use a smaller --space")
+    return lambda model, spec: cache.get_or_measure(spec, model, shape, threads).median_us
 
 
 def identity(cfg: SearchConfig, split: Split, space: SearchSpace) -> dict:
@@ -90,6 +119,11 @@ def identity(cfg: SearchConfig, split: Split, space: SearchSpace) -> dict:
         "flop_convention": FLOP_CONVENTION,
         "rungs": cfg.rungs,
         "eta": cfg.eta,
+        "budget_memory": cfg.budget_memory,
+        "budget_size": cfg.budget_size,
+        "budget_latency_us": cfg.budget_latency_us,
+        "objective": cfg.objective,
+        "memory_convention": MEMORY_CONVENTION,
     }
 
 
@@ -99,6 +133,11 @@ def _check_older_study(study: optuna.Study, cfg: SearchConfig) -> None:
     if recorded is not None and "rungs" not in recorded and cfg.rungs != 1:
         raise UserError(f"study {cfg.name!r} trained every candidate to one length: resume it with --rungs 1 "
                         "and its original settings, or pass a new --study-name")
+    new_budgets = cfg.budget_memory or cfg.budget_size or cfg.uses_latency
+    if recorded is not None and "objective" not in recorded and new_budgets:
+        raise UserError(f"study {cfg.name!r} was made before memory and latency were counted, so its trials "
+                        "cannot be checked against --memory-budget, --size-budget, --latency-budget or "
+                        "--objective latency: pass a new --study-name")
 
 
 def _device(name: str) -> torch.device:
@@ -119,6 +158,17 @@ def _check_budget(cfg: SearchConfig, space: SearchSpace, split: Split) -> None:
             f"space '{space.name}' at input {tuple(split.input_shape)}: {format_quantity(min_flops)} FLOPs "
             f"({spec.summary()}). Raise --budget to at least {min_flops} or use a smaller --space"
         )
+    for budget, what, flag in ((cfg.budget_memory, "peak_memory", "--memory-budget"),
+                               (cfg.budget_size, "model_size", "--size-budget")):
+        if budget is not None:
+            least, need = space.cheapest(split.input_shape, split.num_classes,
+                                         lambda s, what=what: getattr(count_footprint(s, split.input_shape), what))
+            if budget < need:
+                raise UserError(
+                    f"{flag} {format_bytes(budget)} is below the smallest int8 {what.replace('_', ' ')} of space "
+                    f"'{space.name}' at input {tuple(split.input_shape)}: {format_bytes(need)} ({least.summary()}). "
+                    f"Raise {flag} to at least {need} bytes or use a smaller --space"
+                )
     if cfg.budget_params is not None:
         params = count_cost(build_student(spec), split.input_shape).params
         if cfg.budget_params < params:

@@ -41,10 +41,11 @@ def open_rungs(name: str, storage_url: str) -> optuna.Study:
 
 def rung_results(study: optuna.Study, rungs: optuna.Study) -> list[RungResult]:
     """Every finished rung: rung 0 from the search's trials, higher rungs from the promotions."""
-    results = [RungResult(t.number, 0, t.values[0], t.user_attrs[Attr.FLOPS])
+    results = [RungResult(t.number, 0, t.values[0], t.values[1])
                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                if is_trained(t) and is_feasible(t)]
-    results += [RungResult(t.user_attrs[Attr.SOURCE], t.user_attrs[Attr.RUNG], t.values[0], t.user_attrs[Attr.FLOPS])
+    results += [RungResult(t.user_attrs[Attr.SOURCE], t.user_attrs[Attr.RUNG], t.values[0],
+                           t.user_attrs.get(Attr.COST, t.user_attrs.get(Attr.FLOPS)))
                 for t in rungs.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     return results
 
@@ -65,7 +66,7 @@ def try_claim(rungs: optuna.Study, result: RungResult) -> Claim | None:
     """Claim the promotion of ``result`` to the next rung; None if another worker claimed it first."""
     token, rung = uuid.uuid4().hex, result.rung + 1
     rungs.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
-        Attr.SOURCE: result.candidate, Attr.RUNG: rung, Attr.FLOPS: result.flops, Attr.CLAIM: token}))
+        Attr.SOURCE: result.candidate, Attr.RUNG: rung, Attr.COST: result.cost, Attr.CLAIM: token}))
     same = sorted((t for t in _live(rungs)
                    if t.user_attrs.get(Attr.SOURCE) == result.candidate and t.user_attrs.get(Attr.RUNG) == rung),
                   key=lambda t: t.number)

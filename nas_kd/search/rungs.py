@@ -4,8 +4,8 @@ A candidate first trains for rung 0's steps; the scheduler may later promote it 
 resumes it from its checkpoint for ``eta`` times as many steps in all, and so on. Promotion is
 asynchronous (ASHA, Li et al. 2020): whenever a worker is free it asks ``next_promotion``; of the
 ``n`` results recorded at a rung, the best ``n // eta`` by ``promotion_order`` may go up, highest
-rung first. Order is non-dominated sorting of (accuracy ↑, FLOPs ↓); inside one front, crowding
-distance on (accuracy, log FLOPs) puts the front's ends and its sparse stretches first, so the
+rung first. Order is non-dominated sorting of (accuracy ↑, cost ↓: FLOPs or latency); inside one
+front, crowding distance on (accuracy, log cost) puts the front's ends and its sparse stretches first, so the
 promoted set spans the budget instead of clustering at its top (Schmucker et al. 2021 use an
 ε-net for the same purpose). Unlike a synchronous halving that keeps whole fronts, a rung never
 promotes more than ``n // eta`` nor empties.
@@ -25,11 +25,11 @@ class RungResult:
     candidate: int  # the search trial's number
     rung: int
     accuracy: float
-    flops: int
+    cost: float  # the front's cost axis: FLOPs, or latency under --objective latency
 
 
 def _dominates(a: RungResult, b: RungResult) -> bool:
-    return a.accuracy >= b.accuracy and a.flops <= b.flops and (a.accuracy > b.accuracy or a.flops < b.flops)
+    return a.accuracy >= b.accuracy and a.cost <= b.cost and (a.accuracy > b.accuracy or a.cost < b.cost)
 
 
 def nondominated_fronts(results: Sequence[RungResult]) -> list[list[int]]:
@@ -46,7 +46,7 @@ def nondominated_fronts(results: Sequence[RungResult]) -> list[list[int]]:
 def crowding_distance(results: Sequence[RungResult], front: Sequence[int]) -> dict[int, float]:
     """NSGA-II's crowding distance of each member of ``front`` (infinite at either end of an objective)."""
     distance = {i: 0.0 for i in front}
-    for value in (lambda r: r.accuracy, lambda r: math.log(max(1, r.flops))):
+    for value in (lambda r: r.accuracy, lambda r: math.log(max(1.0, r.cost))):
         ranked = sorted(front, key=lambda i: (value(results[i]), results[i].candidate))
         span = value(results[ranked[-1]]) - value(results[ranked[0]])
         distance[ranked[0]] = distance[ranked[-1]] = math.inf

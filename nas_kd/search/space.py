@@ -10,6 +10,7 @@ wide ones at low). Strides adapt to the input: a stride that would shrink the fe
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,13 +157,16 @@ class SearchSpace:
                 out[f"s{i}_{_PARAM_FIELD.get(field, field)}"] = knobs[i - 1].values()
         return out
 
-    def cheapest(self, input_shape: tuple[int, int, int], num_classes: int) -> tuple[ArchSpec, int]:
-        """The least-FLOP member (coordinate descent on the analytic count, from every knob's minimum)."""
+    def cheapest(self, input_shape: tuple[int, int, int], num_classes: int,
+                 measure: Callable[[ArchSpec], int] | None = None) -> tuple[ArchSpec, int]:
+        """The least costly member by ``measure`` (default: the analytic FLOP count), found by
+        coordinate descent from every knob's minimum."""
         values = self.param_values()
         params = {name: min(v, key=_order) for name, v in values.items()}
+        measure = measure or (lambda spec: analytic_flops(spec, input_shape))
 
         def cost(p: dict) -> int:
-            return analytic_flops(self.sample(optuna.trial.FixedTrial(p), input_shape, num_classes), input_shape)
+            return measure(self.sample(optuna.trial.FixedTrial(p), input_shape, num_classes))
 
         best = cost(params)
         for _ in range(5):

@@ -32,6 +32,9 @@ class Attr:
     SUMMARY = "summary"  # one-line spec
     FLOPS = "flops"
     PARAMS = "params"
+    PEAK_MEMORY = "peak_memory"  # int8 bytes (nas_kd.model.memory)
+    MODEL_SIZE = "model_size"  # int8 bytes
+    LATENCY = "latency_us"  # onnxruntime, batch 1, on the machine that ran the trial
     STATUS = "status"  # one of Status
     VAL_ACCURACY = "val_accuracy"
     TRAIN_SECONDS = "train_seconds"
@@ -45,6 +48,7 @@ class Attr:
     # on a promotion (a trial of the rungs study)
     SOURCE = "source"  # the candidate's trial number in the search's study
     RUNG = "rung"  # the rung it trains to (1, 2, ...)
+    COST = "cost"  # the candidate's cost on the front's axis (older promotions: "flops")
     CLAIM = "claim"  # a token naming the claim's maker
 
 
@@ -92,6 +96,15 @@ class TrialRecord:
     kd: dict | None = None  # this trial's distillation recipe under --kd search
     rung: int = 0  # the longest rung it finished: ``val_accuracy`` and ``train_seconds`` are that rung's
     rung_accuracies: tuple[float, ...] = ()  # its validation accuracy at each rung it finished
+    peak_memory: int | None = None  # int8 bytes; None in studies made before it was counted
+    model_size: int | None = None  # int8 bytes
+    latency_us: float | None = None  # measured when the search used latency
+    objective_cost: float | None = None  # the front's cost axis: FLOPs, or latency (--objective latency)
+
+    @property
+    def cost(self) -> float | None:
+        """The cost the front ranks by: ``objective_cost``, or FLOPs in records that lack it."""
+        return self.objective_cost if self.objective_cost is not None else self.flops
 
     @property
     def on_front_candidate(self) -> bool:
@@ -132,6 +145,10 @@ def to_record(t: FrozenTrial, promotions: tuple[FrozenTrial, ...] = ()) -> Trial
         kd=a.get(Attr.KD),
         rung=last.user_attrs[Attr.RUNG] if last else 0,
         rung_accuracies=(t.values[0], *(p.values[0] for p in rungs)) if has_result else (),
+        peak_memory=a.get(Attr.PEAK_MEMORY),
+        model_size=a.get(Attr.MODEL_SIZE),
+        latency_us=a.get(Attr.LATENCY),
+        objective_cost=t.values[1] if has_result else None,
     )
 
 
@@ -158,6 +175,7 @@ def front_candidates(records: list[TrialRecord]) -> list[TrialRecord]:
 
 
 def front_records(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Feasible trained trials on the Pareto front of (validation accuracy ↑, FLOPs ↓), cheapest first."""
+    """Feasible trained trials on the Pareto front of (validation accuracy ↑, cost ↓), cheapest first
+    (the cost is FLOPs, or latency in a study searched with ``--objective latency``)."""
     done = front_candidates(records)
-    return [done[i] for i in pareto_front([(r.val_accuracy, r.flops) for r in done])]
+    return [done[i] for i in pareto_front([(r.val_accuracy, r.cost) for r in done])]
