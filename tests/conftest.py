@@ -21,6 +21,19 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory, cache_dir):
+    """A real tiny study named ``ex`` (two trials) to export from; one per test module."""
+    from nas_kd.search.cli import main as search_main
+
+    root = tmp_path_factory.mktemp("export")
+    args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
+            "--epochs", "4", "--batch-size", "32", "--trials", "2",
+            "--studies-dir", str(root), "--cache-dir", str(cache_dir), "--study-name", "ex", "--threads", "2"]
+    assert search_main(args) == 0
+    return root
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _teachers_are_trained_not_shipped(tmp_path_factory):
     """Tests train their tiny teachers (that is what most of them test): the shipped ones are hidden

@@ -14,18 +14,7 @@ from nas_kd.export.retrain import export_epochs
 from nas_kd.model.builder import build_student
 from nas_kd.model.cost import count_cost
 from nas_kd.model.spec import ArchSpec
-from nas_kd.search.cli import main as search_main
 from nas_kd.study.records import TrialRecord
-
-
-@pytest.fixture(scope="module")
-def study_dir(tmp_path_factory, cache_dir):
-    root = tmp_path_factory.mktemp("export")
-    args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
-            "--epochs", "4", "--batch-size", "32", "--trials", "2",
-            "--studies-dir", str(root), "--cache-dir", str(cache_dir), "--study-name", "ex", "--threads", "2"]
-    assert search_main(args) == 0
-    return root
 
 
 def export(study_dir, cache_dir, *extra):

@@ -86,8 +86,39 @@ def model_card_markdown(card: dict) -> str:
         f"| latency per image (1 thread, batch 1) | PyTorch {lat['pytorch']:.0f} µs, "
         f"onnxruntime {lat['onnxruntime']:.0f} µs |",
         f"| ONNX vs PyTorch | max abs diff {card['onnx_max_abs_diff']:.1e} on {card['check_batch']} images |",
+        *(int8_rows(card["int8"]) if "int8" in card else []),
         "", f"FLOP convention: {card['flop_convention']}.", "",
-        "Files: `spec.json` (architecture), `weights.safetensors`, `model.ts` (TorchScript), `model.onnx`.",
+        "Files: `spec.json` (architecture), `weights.safetensors`, `model.ts` (TorchScript), `model.onnx`"
+        + (f", `{card['int8']['path']}` (int8)." if "int8" in card else "."),
         "Load in Python: `nas_kd.load_student(folder)`.", "",
     ]
     return "\n".join(lines)
+
+
+def int8_rows(q: dict) -> list[str]:
+    """The Markdown table rows of the card's ``int8`` entry: int8 beside fp32, both in onnxruntime."""
+    val, test, lat, size = q["val_accuracy"], q["test_accuracy"], q["latency_us_per_image"], q["bytes"]
+    cal = q["calibration"]
+    rows = [
+        f"| int8 (`{q['path']}`) | {q['method']}; {q['scheme']}; calibrated on {cal['images']} training images "
+        f"(seed {cal['seed']}) |",
+        f"| **int8 test accuracy** | **{test['int8']:.2%}** vs fp32 {test['fp32']:.2%} in onnxruntime "
+        f"({0.0 - q['test_drop_points']:+.2f} points) |",
+        f"| int8 validation accuracy | {val['int8']:.2%} vs fp32 {val['fp32']:.2%} ({0.0 - q['val_drop_points']:+.2f} "
+        f"points; allowed drop {q['max_drop_points']:g}) |",
+        f"| int8 latency (onnxruntime, 1 thread, batch 1) | {lat['int8']:.0f} µs vs fp32 {lat['fp32']:.0f} µs "
+        f"({lat['ratio']:.2f}×) |",
+        f"| int8 file size | {size[q['path']]:,} bytes vs fp32 {size['model.onnx']:,} "
+        f"({size[q['path']] / size['model.onnx']:.2f}×) |",
+        f"| int8 agreement with fp32 | {q['agreement']:.1%} equal top-1 on {q['check_batch']} validation images |",
+    ]
+    if q["qat"]:
+        rows.append(f"| quantization-aware training | post-training static lost "
+                    f"{q['post_training_val_drop_points']:.2f} points on validation; after "
+                    f"{q['qat']['epochs']:g} epochs of KD fine-tuning with fake "
+                    f"quantization the loss was {q['qat']['val_drop_points']:.2f} |")
+    if not q["within_max_drop"]:
+        rows.append(f"| **int8 misses the allowed drop** | it loses {q['val_drop_points']:.2f} points of validation "
+                    f"accuracy, more than {q['max_drop_points']:g}"
+                    + (", even after quantization-aware training |" if q["qat"] else " |"))
+    return rows

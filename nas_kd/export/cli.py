@@ -1,7 +1,9 @@
 """``python -m nas_kd.export --study-name NAME``: retrain a chosen student longer with KD and ship it.
 
 The export folder holds the spec (JSON), weights (safetensors), TorchScript, ONNX (checked against
-onnxruntime), and a model card (Markdown + JSON) with cost, accuracy and latency measured here.
+onnxruntime), and a model card (Markdown + JSON) with cost, accuracy and latency measured here;
+with ``--int8`` also an int8 ONNX file, measured beside the fp32 one (re-run on a finished export,
+it quantizes that student without retraining it).
 It is written to a temporary folder and moved into place, so a failed export leaves no folder behind;
 its trainings are checkpointed every epoch, and the same command resumes an interrupted one.
 """
@@ -14,7 +16,10 @@ import sys
 from pathlib import Path
 
 from nas_kd.cli.runner import positive_int, run_command, set_threads
+from nas_kd.errors import UserError
 from nas_kd.export.pick import pick_trial
+from nas_kd.export.qat import QAT_EPOCHS
+from nas_kd.export.quantize import CALIBRATION_IMAGES, DEFAULT_MAX_DROP, INT8_FILE
 from nas_kd.export.retrain import DATASET_EXPORT_EPOCHS, DEFAULT_KD_TARGETS, EXPORT_EPOCHS, EXPORT_MIN_STEPS
 from nas_kd.export.trial import export_trial
 from nas_kd.quantity import format_quantity
@@ -54,7 +59,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--cache-dir")
     p.add_argument("--threads", type=positive_int("--threads"), help="PyTorch CPU threads (default: every core)")
+    p.add_argument("--int8", action="store_true",
+                   help=f"also write {INT8_FILE}: onnxruntime static quantization calibrated on {CALIBRATION_IMAGES} "
+                   "training images, scored and timed beside fp32; on a finished export of the same settings it "
+                   "quantizes that student without retraining")
+    p.add_argument("--int8-max-drop", type=max_drop, default=DEFAULT_MAX_DROP,
+                   help=f"points of validation accuracy int8 may lose (default {DEFAULT_MAX_DROP:g}); beyond that "
+                   f"the student is fine-tuned quantization-aware with KD ({QAT_EPOCHS} epochs) and quantized "
+                   "again; 0 always fine-tunes")
     return p
+
+
+def max_drop(text: str) -> float:
+    """``--int8-max-drop``: a number of points ≥ 0 (raises UserError: one error line, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise UserError(f"--int8-max-drop must be a number of accuracy points, 0 or more (e.g. 0.5), got {text!r}")
+    return value
 
 
 def _export(a: argparse.Namespace) -> int:
@@ -63,12 +87,26 @@ def _export(a: argparse.Namespace) -> int:
     record = pick_trial(trial_records(study), trial=a.trial, pick=a.pick)
     out = Path(a.out) if a.out else Path(a.studies_dir) / a.study_name / f"export-trial{record.number}"
     result = export_trial(study, record, out, epochs=a.epochs, ablation=a.ablation, augment=a.augment,
-                          kd_targets_mode=a.kd_targets, seed=a.seed, data_dir=a.data_dir, cache_dir=a.cache_dir)
+                          kd_targets_mode=a.kd_targets, seed=a.seed, data_dir=a.data_dir, cache_dir=a.cache_dir,
+                          int8_max_drop=a.int8_max_drop if a.int8 else None)
     c = result.card
-    print(f"exported trial {c['trial']} to {result.folder}: {format_quantity(c['flops'])} FLOPs, "
+    print(f"{'exported' if result.retrained else 'quantized the finished export of'} trial {c['trial']} "
+          f"{'to' if result.retrained else 'in'} {result.folder}: {format_quantity(c['flops'])} FLOPs, "
           f"{format_quantity(c['params'])} params, test accuracy {c['test_accuracy']:.2%}"
-          + (f" (labels only {c['ablation']['labels_only_test_accuracy']:.2%})" if "ablation" in c else ""))
+          + (f" (labels only {c['ablation']['labels_only_test_accuracy']:.2%})" if "ablation" in c else "")
+          + (int8_summary(c["int8"]) if "int8" in c else ""))
     return 0
+
+
+def int8_summary(q: dict) -> str:
+    """The printed line's int8 part: its test accuracy, how it was made, and a missed drop said plainly."""
+    text = (f"; int8 {q['test_accuracy']['int8']:.2%} ({q['method']}, {q['latency_us_per_image']['int8']:.0f} µs "
+            f"vs {q['latency_us_per_image']['fp32']:.0f} µs)")
+    if not q["within_max_drop"]:
+        text += (f"; WARNING: int8 loses {q['val_drop_points']:.2f} points of validation accuracy, more than "
+                 f"--int8-max-drop {q['max_drop_points']:g}"
+                 + (" even after quantization-aware training" if q["qat"] else ""))
+    return text
 
 
 if __name__ == "__main__":
