@@ -13,6 +13,7 @@ from nas_kd.export.pick import pick_trial
 from nas_kd.export.retrain import export_epochs
 from nas_kd.model.builder import build_student
 from nas_kd.model.cost import count_cost
+from nas_kd.model.memory import count_footprint
 from nas_kd.model.spec import ArchSpec
 from nas_kd.study.records import TrialRecord
 
@@ -38,6 +39,10 @@ def test_export_writes_checked_deployables_and_a_card(study_dir, cache_dir, caps
     assert card["training"]["augment"] == "none" and card["kd_targets"] == "clean"
     assert card["training"]["epochs"] == 3 and card["training"]["seed"] == 0
     assert card["teacher"]["sha256"] and card["latency_us_per_image"]["onnxruntime"] > 0
+    footprint = count_footprint(spec, (1, 12, 12))
+    assert card["int8_footprint"]["peak_memory_bytes"] == footprint.peak_memory
+    assert card["int8_footprint"]["model_size_bytes"] == footprint.model_size
+    assert f"{footprint.peak_memory:,} B" in (folder / "model_card.md").read_text()
 
     x = torch.randn(16, 1, 12, 12)
     with torch.inference_mode():

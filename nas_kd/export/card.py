@@ -13,6 +13,8 @@ import torch
 from nas_kd.export.retrain import Recipe, Trained
 from nas_kd.files import write_json, write_text
 from nas_kd.model.cost import FLOP_CONVENTION, count_cost, count_thop
+from nas_kd.model.memory import MEMORY_CONVENTION, count_footprint
+from nas_kd.model.spec import ArchSpec
 from nas_kd.study.records import TrialRecord
 
 
@@ -31,7 +33,15 @@ def model_card(study_name: str, record: TrialRecord, recipe: Recipe, student: Tr
         "teacher": recipe.teacher, "kd": asdict(kd), "kd_loss": kd.describe(), "training": asdict(recipe.settings),
         "kd_targets": recipe.kd_targets if kd.uses_teacher else None,
         "train_seconds": round(student.seconds, 3),
+        "int8_footprint": footprint_entry(spec, split.input_shape),
     }
+
+
+def footprint_entry(spec: ArchSpec, input_shape: tuple[int, int, int]) -> dict:
+    """What a microcontroller must hold at int8 (nas_kd.model.memory), as the search budgets it."""
+    f = count_footprint(spec, input_shape)
+    return {"peak_memory_bytes": f.peak_memory, "peak_layer": f.peak_layer, "model_size_bytes": f.model_size,
+            "convention": MEMORY_CONVENTION}
 
 
 def ablation_entry(card: dict, labels_only: Trained) -> dict:
@@ -72,6 +82,8 @@ def model_card_markdown(card: dict) -> str:
         f"test {d['test_size']} |",
         f"| FLOPs | {card['flops']:,} (fvcore); thop: {card['flops_thop']:,} |",
         f"| parameters | {card['params']:,} |",
+        *([f"| int8 footprint | peak activation memory {fp['peak_memory_bytes']:,} B ({fp['peak_layer']}), "
+           f"model size {fp['model_size_bytes']:,} B |"] if (fp := card.get("int8_footprint")) else []),
         f"| validation accuracy | {card['val_accuracy']:.2%} (search proxy: {card['search_val_accuracy']:.2%}) |",
         f"| **test accuracy** | **{card['test_accuracy']:.2%}** |",
     ]
