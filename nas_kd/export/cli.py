@@ -11,13 +11,12 @@ its trainings are checkpointed every epoch, and the same command resumes an inte
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from nas_kd.cli.runner import positive_int, run_command, set_threads
 from nas_kd.errors import UserError
-from nas_kd.export.pick import pick_trial
+from nas_kd.export.pick import add_trial_arguments, pick_trial
 from nas_kd.export.qat import QAT_EPOCHS
 from nas_kd.export.quantize import CALIBRATION_IMAGES, DEFAULT_MAX_DROP, INT8_FILE
 from nas_kd.export.retrain import DATASET_EXPORT_EPOCHS, DEFAULT_KD_TARGETS, EXPORT_EPOCHS, EXPORT_MIN_STEPS
@@ -38,13 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nas_kd.export", description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", required=True)
-    p.add_argument("--studies-dir", default="studies")
-    p.add_argument("--storage", default=os.environ.get("NAS_KD_STORAGE"),
-                   help="Optuna storage URL (default: $NAS_KD_STORAGE, else sqlite:///STUDIES_DIR/NAME.db)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--trial", type=int, help="trial number to export")
-    group.add_argument("--pick", default="best", help="best (default), knee, or max-acc-under:BUDGET (e.g. :2M)")
+    add_trial_arguments(p, "export")
     p.add_argument("--epochs", type=float, help=f"KD training epochs on the whole training split (default "
                    f"{EXPORT_EPOCHS}; {', '.join(f'{d} {n}' for d, n in DATASET_EXPORT_EPOCHS.items())}; more "
                    f"on small data: at least {EXPORT_MIN_STEPS} steps)")

@@ -1,12 +1,15 @@
-"""Load an exported student back into PyTorch from its folder (spec.json + weights.safetensors)."""
+"""Load an exported student back into PyTorch from its folder (spec.json + weights.safetensors, and for
+a pruned student from ``nas_kd.compress`` its layer shapes, pruned_shapes.json)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from safetensors.torch import load_file
 from torch import nn
 
+from nas_kd.compress.shapes import PRUNED_SHAPES, apply_shapes
 from nas_kd.errors import UserError
 from nas_kd.model.builder import build_student
 from nas_kd.model.spec import ArchSpec
@@ -20,8 +23,9 @@ def load_student(folder: str | Path) -> nn.Module:
     try:
         spec = ArchSpec.from_json((folder / "spec.json").read_text())
         state = load_file(folder / "weights.safetensors")
+        shapes = json.loads((folder / PRUNED_SHAPES).read_text()) if (folder / PRUNED_SHAPES).exists() else None
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load a student from {folder}: {err}") from None
-    model = build_student(spec)
+    model = build_student(spec) if shapes is None else apply_shapes(build_student(spec), shapes)
     model.load_state_dict(state)
     return model.eval()

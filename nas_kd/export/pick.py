@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+
 import numpy as np
 
 from nas_kd.errors import UserError
@@ -9,6 +12,18 @@ from nas_kd.quantity import format_quantity, parse_quantity
 from nas_kd.study.records import Status, TrialRecord, front_candidates, front_records
 
 PICKS = "best, knee or max-acc-under:BUDGET"
+
+
+def add_trial_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    """The study and the trial of it a command works on (``--study-name``, ``--studies-dir``,
+    ``--storage``, ``--trial`` or ``--pick``): the same flags for every command that takes a trial."""
+    p.add_argument("--study-name", required=True)
+    p.add_argument("--studies-dir", default="studies")
+    p.add_argument("--storage", default=os.environ.get("NAS_KD_STORAGE"),
+                   help="Optuna storage URL (default: $NAS_KD_STORAGE, else sqlite:///STUDIES_DIR/NAME.db)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--trial", type=int, help=f"trial number to {verb}")
+    group.add_argument("--pick", default="best", help="best (default), knee, or max-acc-under:BUDGET (e.g. :2M)")
 
 
 def pick_trial(records: list[TrialRecord], *, trial: int | None = None, pick: str = "best") -> TrialRecord:

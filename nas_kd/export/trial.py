@@ -57,7 +57,7 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
                          data_dir=data_dir, cache_dir=cache_dir, progress=progress)
     if int8_max_drop is not None and finished_export(out, study.study_name, record, recipe, ablation=ablation):
         return quantize_in_place(out, recipe, int8_max_drop, progress)
-    with _staged(out) as tmp:
+    with staged_folder(out) as tmp:
         progress.log(f"export: trial {record.number} ({recipe.spec.summary()}), {recipe.kd.describe()}, "
                      f"{recipe.settings.epochs:g} epochs on {len(recipe.split.y_train)} images")
         clock = TrainingClock(trainings=2 if ablation else 1)
@@ -103,7 +103,7 @@ def quantize_in_place(out: Path, recipe: Recipe, max_drop: float, progress: Prog
     progress.log(f"export: {out} already holds this trial trained with these settings; "
                  "quantizing that student, not retraining it")
     card = json.loads((out / "model_card.json").read_text())
-    with _staged(out) as tmp:
+    with staged_folder(out) as tmp:
         shutil.copytree(out, tmp, dirs_exist_ok=True)
         (tmp / INT8_FILE).unlink(missing_ok=True)
         card["int8"] = add_int8(tmp, recipe, load_student(tmp), max_drop=max_drop,
@@ -113,7 +113,7 @@ def quantize_in_place(out: Path, recipe: Recipe, max_drop: float, progress: Prog
 
 
 @contextlib.contextmanager
-def _staged(out: Path) -> Iterator[Path]:
+def staged_folder(out: Path) -> Iterator[Path]:
     """A temporary folder beside ``out`` that takes its place when the block ends without error; on
     an error it is removed, and the training checkpoints stay (the same command resumes from them)."""
     out.parent.mkdir(parents=True, exist_ok=True)
