@@ -2,9 +2,12 @@
 the card's int8 entry, the quantization-aware path, quantizing a finished export in place, and the
 ways the command refuses (a bad --int8-max-drop, a model the quantizer rejects)."""
 
+import csv
 import hashlib
+import importlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -167,3 +170,25 @@ def test_batch_norm_folding_keeps_the_logits_and_fake_quant_comes_off_cleanly():
         assert not torch.allclose(folded(x), expected, atol=1e-5)  # fake quantization changes the logits
         remove_fake_quant(folded, handles)
         assert torch.allclose(folded(x), expected, atol=1e-5)
+
+
+def test_the_benchmark_quantizes_finished_exports_without_retraining(finished, study_dir, cache_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    bench = importlib.import_module("int8")
+    folder = _copy(finished, tmp_path)
+    weights = _sha(folder / "weights.safetensors")
+    args = ["--folders", str(folder), "--studies-dir", str(study_dir), "--cache-dir", str(cache_dir),
+            "--int8-max-drop", "100", "--int8-activations", "--out", str(tmp_path / "rows.csv")]
+    assert bench.main(args) == 0
+    assert "KD training" not in capsys.readouterr().err and _sha(folder / "weights.safetensors") == weights
+    with (tmp_path / "rows.csv").open() as f:
+        [row] = list(csv.DictReader(f))
+    card = json.loads((folder / "model_card.json").read_text())
+    assert row["folder"] == str(folder) and int(row["flops"]) == card["flops"]
+    assert float(row["int8_test_accuracy"]) == round(card["int8"]["test_accuracy"]["int8"], 4)
+    assert int(row["int8_bytes"]) < int(row["fp32_bytes"]) and float(row["int8_activations_latency_us"]) > 0
+    assert row["path"] == "post-training static"
+    assert bench.main([*args[:2], "--out", str(tmp_path / "rows.csv")]) == 0  # the card's entry, read back
+    with (tmp_path / "rows.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 2

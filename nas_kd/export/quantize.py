@@ -34,7 +34,7 @@ POST_TRAINING = "post-training static"
 # Activations are stored as uint8: with an asymmetric per-tensor range this is the same grid as int8
 # (the zero point moves by 128), but onnxruntime 1.32's CPU kernels fuse every convolution (depthwise
 # too) and the residual adds only for uint8 activations; with int8 ones they stayed float between
-# Quantize/Dequantize nodes and ran 2.5-5x slower than fp32 on this machine (docs/export.md, int8).
+# Quantize/Dequantize nodes and ran 3-5x slower than fp32 on this machine (docs/export.md, int8).
 SCHEME = ("onnxruntime quantize_static, QDQ format; weights int8, symmetric, per output channel; "
           "activations uint8, asymmetric, per tensor; MinMax calibration")
 
@@ -47,9 +47,10 @@ def calibration_images(split: Split, seed: int, n: int = CALIBRATION_IMAGES) -> 
     return split.x_train[index].contiguous()
 
 
-def quantize_onnx(fp32: Path, target: Path, images: torch.Tensor) -> None:
+def quantize_onnx(fp32: Path, target: Path, images: torch.Tensor, *, activations: str = "uint8") -> None:
     """``fp32`` quantized statically into ``target`` (``SCHEME``), its activation ranges read from
-    ``images``. Raises UserError naming the failure when onnxruntime's quantizer rejects the model."""
+    ``images``; ``activations="int8"`` stores them signed instead (benchmarks/int8.py compares).
+    Raises UserError naming the failure when onnxruntime's quantizer rejects the model."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -68,7 +69,8 @@ def quantize_onnx(fp32: Path, target: Path, images: torch.Tensor) -> None:
             prepared = Path(scratch) / "prepared.onnx"  # shape inference and graph clean-up, as it advises
             quant_pre_process(str(fp32), str(prepared))
             quantize_static(str(prepared), str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type={"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[activations],
+                            weight_type=QuantType.QInt8)
     except Exception as err:  # onnxruntime raises bare Exception, RuntimeError or its own types
         target.unlink(missing_ok=True)
         raise UserError(f"--int8: onnxruntime cannot quantize {fp32.name}: {_first_line(err)}") from None
