@@ -96,7 +96,8 @@ def test_a_finished_export_is_quantized_in_place_without_retraining(finished, st
     assert json.loads((folder / "model_card.json").read_text())["training"]["seed"] == 7
 
 
-def test_quantization_aware_training_runs_when_no_drop_is_allowed(finished, study_dir, cache_dir, tmp_path, capsys):
+def test_quantization_aware_training_runs_when_no_drop_is_allowed_and_resumes(finished, study_dir, cache_dir, tmp_path,
+                                                                              monkeypatch, capsys):
     folder = _copy(finished, tmp_path)
     weights = _sha(folder / "weights.safetensors")
     capsys.readouterr()
@@ -111,6 +112,31 @@ def test_quantization_aware_training_runs_when_no_drop_is_allowed(finished, stud
     assert ("WARNING" in captured.out) == (not q["within_max_drop"])
     assert _sha(folder / "weights.safetensors") == weights  # the fp32 student ships unchanged
     assert not (folder.parent / f".{folder.name}.resume").exists()  # its checkpoint goes with success
+
+    import nas_kd.export.qat as qat_mod  # stopped in its sixth epoch, then resumed: the same int8 model
+
+    real, stopped = qat_mod.train_model, _copy(finished, tmp_path / "stopped")
+
+    def stopped_in_epoch_six(*args, **kwargs):
+        inner = kwargs["on_step"]
+
+        def on_step(step, total, loss):
+            inner(step, total, loss)
+            if step == total * 11 // 20:
+                raise KeyboardInterrupt
+
+        return real(*args, **{**kwargs, "on_step": on_step})
+
+    monkeypatch.setattr(qat_mod, "train_model", stopped_in_epoch_six)
+    assert export(study_dir, cache_dir, stopped, "--int8", "--int8-max-drop", "0") == 130
+    assert not (stopped / "model.int8.onnx").exists()  # the old export, as it was
+    assert "int8" not in json.loads((stopped / "model_card.json").read_text())
+    monkeypatch.setattr(qat_mod, "train_model", real)
+    assert export(study_dir, cache_dir, stopped, "--int8", "--int8-max-drop", "0") == 0
+    assert "resuming quantization-aware training" in capsys.readouterr().err
+    resumed = json.loads((stopped / "model_card.json").read_text())["int8"]
+    assert resumed["qat"]["val_accuracy"] == q["qat"]["val_accuracy"]
+    assert resumed["test_accuracy"] == q["test_accuracy"] and resumed["agreement"] == q["agreement"]
 
 
 @pytest.mark.parametrize("value", ["-0.5", "half", "nan"])
@@ -138,7 +164,7 @@ def test_a_model_the_quantizer_rejects_is_one_error_line_and_the_export_stays(fi
                                                                                tmp_path, capsys):
     with pytest.raises(UserError, match="onnxruntime cannot quantize bad.onnx: .*shape inference"):
         quantize_onnx(_unquantizable(tmp_path / "bad.onnx"), tmp_path / "bad.int8.onnx", torch.zeros(8, 1, 12, 12))
-    assert not (tmp_path / "bad.int8.onnx").exists()
+    assert not (tmp_path / "bad.int8.onnx").exists() and not list(Path.cwd().glob("sym_shape_infer*"))
 
     folder = _copy(finished, tmp_path / "copy")  # an export whose ONNX file the quantizer rejects
     _unquantizable(folder / "model.onnx")

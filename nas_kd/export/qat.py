@@ -106,6 +106,8 @@ def quantization_aware(student: nn.Module, recipe: Recipe, out: Path, progress: 
         out, "qat", kd=asdict(recipe.kd), qat=asdict(settings), start=_digest(student), **recipe.run_key())
     progress.log(f"export: quantization-aware training, {epochs:g} epochs at learning rate {settings.lr:g}, "
                  f"KD as in the export ({recipe.kd.describe()})")
+    if checkpoint is not None and checkpoint.exists():
+        progress.log(f"export: resuming quantization-aware training from {checkpoint}")
     torch.manual_seed(settings.seed)
     result = train_model(model, split.x_train, split.y_train, settings, kd=recipe.kd, checkpoint=checkpoint,
                          on_step=_status(progress), **recipe.targets)

@@ -6,10 +6,12 @@ Nothing is shipped that onnxruntime has not loaded and scored."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,7 @@ def quantize_onnx(fp32: Path, target: Path, images: torch.Tensor, *, activations
     """``fp32`` quantized statically into ``target`` (``SCHEME``), its activation ranges read from
     ``images``; ``activations="int8"`` stores them signed instead (benchmarks/int8.py compares).
     Raises UserError naming the failure when onnxruntime's quantizer rejects the model."""
+    fp32, target = Path(fp32).resolve(), Path(target).resolve()  # it runs in a scratch folder
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -65,7 +68,7 @@ def quantize_onnx(fp32: Path, target: Path, images: torch.Tensor, *, activations
     quiet = logging.getLogger("onnxruntime")
     level, quiet.level = quiet.level, logging.CRITICAL  # its tracebacks would bury the one error line
     try:
-        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch, _working_dir(scratch):
             prepared = Path(scratch) / "prepared.onnx"  # shape inference and graph clean-up, as it advises
             quant_pre_process(str(fp32), str(prepared))
             quantize_static(str(prepared), str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -76,6 +79,18 @@ def quantize_onnx(fp32: Path, target: Path, images: torch.Tensor, *, activations
         raise UserError(f"--int8: onnxruntime cannot quantize {fp32.name}: {_first_line(err)}") from None
     finally:
         quiet.level = level
+
+
+@contextlib.contextmanager
+def _working_dir(folder: str) -> Iterator[None]:
+    """Run in ``folder``: onnxruntime's shape inference drops a debug file into the working directory
+    when it fails, which would be left in the user's."""
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(here)
 
 
 def _first_line(err: BaseException) -> str:
