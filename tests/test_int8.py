@@ -107,6 +107,7 @@ def test_quantization_aware_training_runs_when_no_drop_is_allowed_and_resumes(fi
     q = json.loads((folder / "model_card.json").read_text())["int8"]
     assert q["qat"]["epochs"] >= 3 and q["qat"]["steps"] >= 100 and q["qat"]["checkpointed"] == "every epoch"
     assert "val_drop_points" in q["qat"] and "post_training_val_drop_points" in q
+    assert q["qat"]["agreement_with_fake_quant"] >= AGREEMENT  # the fake quantization is onnxruntime's scheme
     assert q["method"].startswith("quantization-aware, ") or "tried" in q["method"]
     assert "quantization-aware training" in (folder / "model_card.md").read_text()
     assert ("WARNING" in captured.out) == (not q["within_max_drop"])
@@ -129,6 +130,7 @@ def test_quantization_aware_training_runs_when_no_drop_is_allowed_and_resumes(fi
 
     monkeypatch.setattr(qat_mod, "train_model", stopped_in_epoch_six)
     assert export(study_dir, cache_dir, stopped, "--int8", "--int8-max-drop", "0") == 130
+    assert "is left as it was" in capsys.readouterr().err
     assert not (stopped / "model.int8.onnx").exists()  # the old export, as it was
     assert "int8" not in json.loads((stopped / "model_card.json").read_text())
     monkeypatch.setattr(qat_mod, "train_model", real)

@@ -27,7 +27,8 @@ from nas_kd.study.storage import open_named_study
 from nas_kd.teacher import KD_TARGETS
 from nas_kd.train import AUGMENTATIONS
 
-STOPPED = "no export was written; training is checkpointed every epoch, so the same command resumes it"
+STOPPED = ("no export was written (a finished one being quantized is left as it was); training is checkpointed "
+           "every epoch, so the same command resumes it")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,12 +18,18 @@ import copy
 import dataclasses
 import hashlib
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
-from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+from torch.ao.quantization import (
+    FakeQuantize,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    disable_observer,
+)
 from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.hooks import RemovableHandle
@@ -93,9 +99,17 @@ def remove_fake_quant(model: nn.Module, handles: list[RemovableHandle]) -> nn.Mo
     return model
 
 
-def quantization_aware(student: nn.Module, recipe: Recipe, out: Path, progress: Progress) -> tuple[nn.Module, dict]:
+@dataclass(frozen=True)
+class FineTuned:
+    model: nn.Module  # plain again: batch norm folded, fake quantization removed
+    record: dict  # the card's ``qat`` entry
+    check_top1: np.ndarray  # the fake-quantized model's top-1 on the check batch, to check onnxruntime against
+
+
+def quantization_aware(student: nn.Module, recipe: Recipe, check: torch.Tensor, out: Path,
+                       progress: Progress) -> FineTuned:
     """A copy of ``student`` fine-tuned under fake quantization with the recipe's KD loss, teacher
-    targets, augmentation and seed; returned plain (batch norm folded), with the card's ``qat`` record."""
+    targets, augmentation and seed, checkpointed beside ``out`` every epoch."""
     model = fold_batch_norms(copy.deepcopy(student).cpu()).to(memory_format=torch.channels_last)
     handles = add_fake_quant(model)
     split, base = recipe.split, recipe.settings
@@ -111,11 +125,14 @@ def quantization_aware(student: nn.Module, recipe: Recipe, out: Path, progress: 
     torch.manual_seed(settings.seed)
     result = train_model(model, split.x_train, split.y_train, settings, kd=recipe.kd, checkpoint=checkpoint,
                          on_step=_status(progress), **recipe.targets)
+    model.eval().apply(disable_observer)  # the ranges stay as trained while it predicts
+    with torch.inference_mode():
+        top1 = torch.cat([model(b).argmax(1) for b in check.split(256)]).numpy()
     remove_fake_quant(model, handles)
-    model = model.eval().to(memory_format=torch.contiguous_format)
-    return model, {"epochs": epochs, "steps": result.steps, "lr": round(settings.lr, 6),
+    model = model.to(memory_format=torch.contiguous_format)
+    return FineTuned(model, {"epochs": epochs, "steps": result.steps, "lr": round(settings.lr, 6),
                    "seconds": round(result.seconds, 3), "batch_norm": "folded into the convolutions before fine-tuning",
-                   "checkpointed": "every epoch" if checkpoint is not None else "no (feature loss)"}
+                   "checkpointed": "every epoch" if checkpoint is not None else "no (feature loss)"}, top1)
 
 
 def _status(progress: Progress) -> Callable[[int, int, float], None]:

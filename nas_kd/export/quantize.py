@@ -156,13 +156,14 @@ def add_int8(folder: Path, recipe: Recipe, student: nn.Module, *, max_drop: floa
                  f"vs fp32 {fp32.val_accuracy:.2%}")
     method, qat = POST_TRAINING, None
     if needs_qat(points(fp32.val_accuracy, ptq.val_accuracy), max_drop):
-        tuned, qat = quantization_aware(student, recipe, out, progress)
+        tuned = quantization_aware(student, recipe, check, out, progress)
         with tempfile.TemporaryDirectory(dir=folder) as scratch:
-            export_onnx(tuned, check[:1], Path(scratch) / "qat.onnx")
+            export_onnx(tuned.model, check[:1], Path(scratch) / "qat.onnx")
             quantize_onnx(Path(scratch) / "qat.onnx", Path(scratch) / INT8_FILE, images)
             tried = score(Path(scratch) / INT8_FILE, split, check)
-            qat["val_accuracy"] = tried.val_accuracy
-            qat["val_drop_points"] = points(fp32.val_accuracy, tried.val_accuracy)
+            qat = {**tuned.record, "val_accuracy": tried.val_accuracy,
+                   "val_drop_points": points(fp32.val_accuracy, tried.val_accuracy),
+                   "agreement_with_fake_quant": float((tried.check_top1 == tuned.check_top1).mean())}
             progress.log(f"export: int8 after quantization-aware training: validation accuracy "
                          f"{tried.val_accuracy:.2%}")
             if tried.val_accuracy >= ptq.val_accuracy:
