@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--folders", nargs="+", required=True, help="finished export folders")
     p.add_argument("--studies-dir", help="where their studies are (default: each folder's STUDIES_DIR/NAME/..)")
-    p.add_argument("--storage", help="Optuna storage URL of their studies (default: the SQLite file)")
+    p.add_argument("--storage", default=os.environ.get("NAS_KD_STORAGE"),
+                   help="Optuna storage URL of their studies (default: $NAS_KD_STORAGE, else the SQLite file)")
     p.add_argument("--data-dir")
     p.add_argument("--cache-dir")
     p.add_argument("--int8-max-drop", type=max_drop, default=DEFAULT_MAX_DROP)
