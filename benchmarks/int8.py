@@ -1,8 +1,9 @@
-"""fp32 vs int8 for finished exports: each folder is quantized in place exactly as
-``python -m nas_kd.export ... --int8`` does it (never retrained; a folder that is not a finished
-export of its study's trial is refused), or its card's int8 entry is read if it has one. One row per
-folder: test accuracy, drop, onnxruntime latency (batch 1, one thread) and file size, fp32 and int8.
-Appends to benchmarks/int8.csv.
+"""fp32 vs int8 for finished exports, each quantized in place as ``nas_kd.export --int8`` does it.
+
+A folder is never retrained (one that is not a finished export of its study's trial is refused);
+one whose card already has an int8 entry is read, unless ``--requantize``. One row per folder: test
+accuracy, drop, onnxruntime latency (batch 1, one thread) and file size, fp32 and int8, and the path
+taken. Appends to benchmarks/int8.csv.
 
     python benchmarks/int8.py --folders studies/fashion-mnist-5MFLOPs/export-trial2 studies/.../export-trial7
     python benchmarks/int8.py --folders A B --requantize --int8-activations   # also time int8 activations
