@@ -13,7 +13,7 @@ from nas_kd.study.records import front_records, trial_records
 
 
 def run(tmp_path, cache_dir, *extra, name="b"):
-    args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "2", "--batch-size", "32",
+    args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "1", "--batch-size", "32",
             "--studies-dir", str(tmp_path / "studies"), "--cache-dir", str(cache_dir), "--study-name", name,
             "--threads", "1", "--rungs", "1", *extra]
     return main(args)
@@ -25,7 +25,7 @@ def load(tmp_path, name="b"):
 
 def test_a_memory_and_size_budget_reject_candidates_before_training(tmp_path, cache_dir):
     budget_memory, budget_size = 3000, 6000
-    assert run(tmp_path, cache_dir, "--trials", "3", "--memory-budget", "3kB", "--size-budget", "6kB") == 0
+    assert run(tmp_path, cache_dir, "--trials", "2", "--memory-budget", "3kB", "--size-budget", "6kB") == 0
     study = load(tmp_path)
     assert study.user_attrs["nas_kd.identity"]["budget_memory"] == budget_memory
     statuses = {t.user_attrs["status"] for t in study.trials}
@@ -59,13 +59,13 @@ def test_impossible_or_unreadable_budgets_are_one_line_and_exit_2(tmp_path, cach
 
 
 def test_a_latency_search_ranks_the_front_by_measured_latency(tmp_path, cache_dir):
-    assert run(tmp_path, cache_dir, "--trials", "3", "--objective", "latency", "--latency-budget", "50ms") == 0
+    assert run(tmp_path, cache_dir, "--trials", "2", "--objective", "latency", "--latency-budget", "50ms") == 0
     study = load(tmp_path)
     identity = study.user_attrs["nas_kd.identity"]
     assert identity["objective"] == "latency" and identity["latency_machine"]["threads"] == 1
     assert identity["latency_machine"]["cpu"] and "median" in identity["latency_method"]
     done = [t for t in study.trials if t.user_attrs["status"] == "trained"]
-    assert len(done) == 3
+    assert len(done) == 2
     for t in done:  # the front's cost axis is the measured latency
         assert t.user_attrs["latency_us"] > 0 and t.values[1] == t.user_attrs["latency_us"]
         assert t.constraints["latency_us"] == t.user_attrs["latency_us"] - 50_000
