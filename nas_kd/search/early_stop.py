@@ -33,20 +33,22 @@ def observed_gains(trained: Iterable[FrozenTrial]) -> list[float]:
     return [t.values[0] - t.user_attrs[Attr.MID_VAL] for t in trained if Attr.MID_VAL in t.user_attrs]
 
 
-def stop_below(known: Iterable[FrozenTrial], flops: int, gains: list[float]) -> tuple[float, str] | None:
-    """The half-way accuracy under which a candidate of ``flops`` cannot reach the front, and the
+def stop_below(known: Iterable[FrozenTrial], cost: float, gains: list[float],
+               unit: str = "FLOPs") -> tuple[float, str] | None:
+    """The half-way accuracy under which a candidate of ``cost`` (the front's axis: FLOPs or latency)
+    cannot reach the front, and the
     reason to record (a template taking that accuracy); None while fewer than ``MIN_GAINS`` gains
     are known, or when nothing at most as costly is trained: then no candidate is stopped."""
     if len(gains) < MIN_GAINS:
         return None
-    cheaper = [t for t in known if t.values[1] <= flops and is_trained(t)]
+    cheaper = [t for t in known if t.values[1] <= cost and is_trained(t)]
     if not cheaper:
         return None
     best = max(cheaper, key=lambda t: t.values[0])
     margin = sorted(gains)[min(len(gains) - 1, int(GAIN_QUANTILE * len(gains)))]
     return best.values[0] - margin, (f"half-way accuracy {{:.2%}} + {margin:.2%} (a 90th-percentile second-half "
                                      f"gain) is below trial #{best.number}'s {best.values[0]:.2%} at "
-                                     f"{format_quantity(best.values[1])} FLOPs")
+                                     f"{format_quantity(best.values[1])} {unit}")
 
 
 def check_half_way(accuracy: float, bar: tuple[float, str] | None) -> None:

@@ -160,7 +160,9 @@ class _Loop:
         self.progress.status(self._status(f"#{n} training {format_quantity(cost.flops)} FLOPs"), force=True)
         try:
             with Heartbeat(self.study, trial):
-                bar = stop_below(self.known.values(), cost.flops, self.gains) if self.cfg.stops_early else None
+                unit = "µs" if self.cfg.objective == "latency" else "FLOPs"
+                bar = (stop_below(self.known.values(), cost.objective(self.cfg), self.gains, unit)
+                       if self.cfg.stops_early else None)
                 outcome = train_candidate(self.run, model, kd,
                                           lambda text: self.progress.status(self._status(f"#{n} {text}")), bar,
                                           number=n)
