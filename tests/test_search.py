@@ -225,8 +225,8 @@ def test_early_stop_halts_a_dominated_candidate_half_way(tmp_path, cache_dir, mo
 
     # every trained trial is scored half-way; the rule's verdict is forced to "stop" from the third on
     real = loop.stop_below
-    monkeypatch.setattr(loop, "stop_below", lambda known, flops, gains: (
-        (2.0, "forced {:.2%}") if len(list(known)) >= 2 else real(known, flops, gains)))
+    monkeypatch.setattr(loop, "stop_below", lambda known, cost, gains, *unit: (
+        (2.0, "forced {:.2%}") if len(list(known)) >= 2 else real(known, cost, gains, *unit)))
     # on by default in a one-length search (with rungs, promotion does the culling)
     assert run(tmp_path, cache_dir, "--trials", "4", "--no-warm-start", "--rungs", "1", name="es") == 0
     study = load(tmp_path, "es")
@@ -241,7 +241,7 @@ def test_early_stop_halts_a_dominated_candidate_half_way(tmp_path, cache_dir, mo
 def test_no_early_stop_trains_every_candidate_to_the_end(tmp_path, cache_dir, monkeypatch):
     import nas_kd.search.loop as loop
 
-    monkeypatch.setattr(loop, "stop_below", lambda known, flops, gains: (2.0, "forced {:.2%}"))
+    monkeypatch.setattr(loop, "stop_below", lambda known, cost, gains, *unit: (2.0, "forced {:.2%}"))
     assert run(tmp_path, cache_dir, "--trials", "2", "--no-early-stop", "--no-warm-start", "--rungs", "1",
                name="full") == 0
     done = trained(load(tmp_path, "full"))
