@@ -124,6 +124,10 @@ class _Loop:
         """Sample -> count -> reject, reuse or train."""
         cfg, split = self.cfg, self.run.split
         spec = self.run.space.sample(trial, split.input_shape, split.num_classes)
+        # The recipe is drawn with the architecture, even for a candidate about to be rejected: under
+        # a tight budget most early trials are, and a sampler that never saw the recipe drawn in
+        # them proposes the same recipe ever after.
+        kd = suggest_kd(trial, list(self.run.kd_losses)) if cfg.kd.searched else cfg.kd
         torch.manual_seed(cfg.seed)
         model = build_student(spec)
         cost = screen(model, spec, split.input_shape, cfg, self.run.latency)
@@ -132,7 +136,6 @@ class _Loop:
         if not fits(cost, cfg):
             self._reject(trial, cost)
             return
-        kd = suggest_kd(trial, list(self.run.kd_losses)) if cfg.kd.searched else cfg.kd
         if cfg.kd.searched:
             trial.set_user_attr(Attr.KD, asdict(kd))
         key = _key(spec.to_json(), asdict(kd) if cfg.kd.searched else None)
