@@ -108,7 +108,8 @@ def _budget_and_data_flags(p: argparse.ArgumentParser) -> None:
 def _study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=positive_int("--trials"), default=_D.trials,
                    help=f"candidates to train in this run (default {_D.trials})")
-    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument("--timeout", type=float, help="stop starting new trials this many seconds after the command "
+                   "started (data and teacher loading included)")
     p.add_argument("--study-name", help="study to create or resume (default: DATASET-BUDGET)")
     p.add_argument("--storage", help=f"Optuna storage URL (default: ${STORAGE_ENV} if set, else "
                    "sqlite:///STUDIES_DIR/NAME.db). A password on the command line is visible to other users "

@@ -96,7 +96,7 @@ class _Loop:
         (and those still due after the last candidate)."""
         cfg = self.cfg
         while True:
-            if cfg.timeout is not None and time.perf_counter() - self.start > cfg.timeout:
+            if cfg.timeout is not None and time.perf_counter() - self.run.started > cfg.timeout:
                 self.progress.log(f"timeout of {cfg.timeout:g} s reached after {self.counts.trained} trained trials")
                 break
             interrupts.check()

@@ -8,6 +8,7 @@ The parent process also records the run's settings on a new study and enqueues i
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -52,10 +53,12 @@ class Run:
     teacher: torch.nn.Module | None = None  # kept for losses that need teacher features
     kd_losses: tuple[str, ...] = ()  # what --kd search may choose from (feature losses need a module)
     latency: LatencyFn | None = None  # µs of a candidate on this machine, when measured
+    started: float = 0.0  # time.perf_counter() when the process began preparing: --timeout counts from it
 
 
 def prepare(cfg: SearchConfig, progress: Progress) -> Run:
     """Check every input, open (or resume) the study, and get the teacher's logits ready."""
+    started = time.perf_counter()
     device = _device(cfg.device)
     set_threads(cfg.threads)
     data = load_dataset(cfg.dataset, cfg.data_dir)
@@ -80,7 +83,8 @@ def prepare(cfg: SearchConfig, progress: Progress) -> Run:
     elif cfg.worker_index is None:  # before any worker starts: one process decides
         _requeue_stopped(study, progress)
     idx = split.subset_index(cfg.train_subset, cfg.split_seed)
-    run = Run(cfg, split, space, study, split.x_train[idx], split.y_train[idx], None, device, latency=latency)
+    run = Run(cfg, split, space, study, split.x_train[idx], split.y_train[idx], None, device, latency=latency,
+              started=started)
     return _with_teacher(run, idx, progress) if cfg.kd.uses_teacher else run
 
 
