@@ -58,8 +58,9 @@ def test_impossible_or_unreadable_budgets_are_one_line_and_exit_2(tmp_path, cach
     assert not (tmp_path / "studies" / "b.db").exists()  # refused before a study was made
 
 
-def test_a_latency_search_ranks_the_front_by_measured_latency(tmp_path, cache_dir):
+def test_a_latency_search_ranks_the_front_by_measured_latency(tmp_path, cache_dir, capsys):
     assert run(tmp_path, cache_dir, "--trials", "2", "--objective", "latency", "--latency-budget", "50ms") == 0
+    assert "50 ms latency | front: accuracy against latency" in capsys.readouterr().err
     study = load(tmp_path)
     identity = study.user_attrs["nas_kd.identity"]
     assert identity["objective"] == "latency" and identity["latency_machine"]["threads"] == 1

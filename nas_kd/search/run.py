@@ -5,8 +5,9 @@ from __future__ import annotations
 import optuna
 
 from nas_kd.model.cost import FLOP_CONVENTION
+from nas_kd.model.latency import format_duration
 from nas_kd.progress import Progress, format_seconds
-from nas_kd.quantity import format_quantity
+from nas_kd.quantity import format_bytes, format_quantity
 from nas_kd.search.candidate import trial_settings
 from nas_kd.search.config import SearchConfig
 from nas_kd.search.loop import TrialCounts, run_trials
@@ -52,6 +53,10 @@ def _log_start(run: Run, progress: Progress) -> None:
         f"study {cfg.name!r} in {redact_url(cfg.storage_url)} ({'resuming, ' if n_before else ''}"
         f"{n_before} trials so far) | budget {format_quantity(cfg.budget_flops)} FLOPs"
         + (f", {format_quantity(cfg.budget_params)} params" if cfg.budget_params else "")
+        + (f", {format_bytes(cfg.budget_memory)} int8 peak memory" if cfg.budget_memory else "")
+        + (f", {format_bytes(cfg.budget_size)} int8 size" if cfg.budget_size else "")
+        + (f", {format_duration(cfg.budget_latency_us)} latency" if cfg.budget_latency_us else "")
+        + (" | front: accuracy against latency" if cfg.objective == "latency" else "")
         + f" | {cfg.kd.describe()} | {trial_settings(cfg, len(run.y_train)).epochs:.3g} epochs on "
         f"{len(run.y_train)} images"
     )
