@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nas_kd.model.spec import ArchSpec, low_rank
+from nas_kd.model.memory import walk_spec
+from nas_kd.model.spec import ArchSpec
 
 FLOP_CONVENTION = (
     "FLOPs = fvcore count at the real input shape, batch 1: one multiply-add = one FLOP (MACs), "
@@ -102,37 +103,5 @@ def analytic_flops(spec: ArchSpec, input_shape: tuple[int, int, int]) -> int:
     """The same convention computed by hand from the spec: conv MACs = out·(in/groups)·k²·H'·W'.
 
     Independent of the builder's code, so tests can check fvcore and the builder against it;
-    microseconds per call, so the search space's cheapest member can be found by enumeration.
-    """
-    _, h, w = input_shape
-
-    def conv(cin: int, cout: int, k: int, s: int, groups: int = 1) -> int:
-        nonlocal h, w
-        h, w = (h - 1) // s + 1, (w - 1) // s + 1  # "same" padding, odd kernel
-        return cout * (cin // groups) * k * k * h * w
-
-    def pointwise(cin: int, cout: int, fraction: float | None) -> int:
-        rank = low_rank(fraction, cin, cout)
-        return conv(cin, cout, 1, 1) if rank is None else conv(cin, rank, 1, 1) + conv(rank, cout, 1, 1)
-
-    total = conv(spec.in_channels, spec.stem_channels, 3, spec.stem_stride)
-    cin = spec.stem_channels
-    for st in spec.stages:
-        for i in range(st.depth):
-            stride = st.stride if i == 0 else 1
-            if st.block == "ds":
-                total += conv(cin, cin, st.kernel, stride, groups=cin)
-                total += pointwise(cin, st.channels, st.pointwise_rank)
-            else:
-                mid = cin * st.expansion
-                if st.expansion != 1:
-                    total += pointwise(cin, mid, st.pointwise_rank)
-                total += conv(mid, mid, st.kernel, stride, groups=mid)
-                total += pointwise(mid, st.channels, st.pointwise_rank)
-            cin = st.channels
-    if spec.head_channels:
-        total += conv(cin, spec.head_channels, 1, 1)
-        cin = spec.head_channels
-    rank = low_rank(spec.classifier_rank, cin, spec.num_classes)
-    total += cin * spec.num_classes if rank is None else cin * rank + rank * spec.num_classes
-    return total
+    microseconds per call, so the search space's cheapest member can be found by enumeration."""
+    return walk_spec(spec, input_shape).macs

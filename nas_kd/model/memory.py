@@ -34,7 +34,14 @@ class Footprint:
 
 def count_footprint(spec: ArchSpec, input_shape: tuple[int, int, int]) -> Footprint:
     """The int8 peak activation memory and model size of ``spec`` at ``input_shape`` (C, H, W)."""
-    walk = _Walk(input_shape)
+    walk = walk_spec(spec, input_shape)
+    return Footprint(peak_memory=walk.peak, peak_layer=walk.peak_layer, model_size=walk.weights)
+
+
+def walk_spec(spec: ArchSpec, input_shape: tuple[int, int, int]) -> SpecWalk:
+    """Every conv and linear layer of ``spec``'s network in order, as the builder makes them, without
+    building it: what the analytic FLOP count and the footprint are both read from."""
+    walk = SpecWalk(input_shape)
     walk.conv("stem", spec.stem_channels, 3, spec.stem_stride)
     for s, st in enumerate(spec.stages):
         for b in range(st.depth):
@@ -55,15 +62,16 @@ def count_footprint(spec: ArchSpec, input_shape: tuple[int, int, int]) -> Footpr
         walk.conv("head", spec.head_channels, 1, 1)
     walk.pool()
     walk.linear("classifier", spec.num_classes, spec.classifier_rank)
-    return Footprint(peak_memory=walk.peak, peak_layer=walk.peak_layer, model_size=walk.weights)
+    return walk
 
 
-class _Walk:
-    """The activation tensor's shape as the layers go by, the worst live sum seen, the weights counted."""
+class SpecWalk:
+    """The activation tensor's shape as the layers go by, the worst live sum seen, the weights and
+    multiply-adds counted."""
 
     def __init__(self, input_shape: tuple[int, int, int]) -> None:
         self.c, self.h, self.w = input_shape
-        self.peak, self.peak_layer, self.weights = 0, "", 0
+        self.peak, self.peak_layer, self.weights, self.macs = 0, "", 0, 0
 
     def size(self) -> int:
         return self.c * self.h * self.w
@@ -78,6 +86,7 @@ class _Walk:
         n_in, cin = self.size(), self.c
         self.c, self.h, self.w = cout, (self.h - 1) // stride + 1, (self.w - 1) // stride + 1
         self.weights += cout * (cin // groups) * k * k + 4 * cout
+        self.macs += cout * (cin // groups) * k * k * self.h * self.w
         self._live(layer, n_in, held)
 
     def pointwise(self, layer: str, cout: int, fraction: float | None, *, held: int) -> None:
@@ -88,6 +97,7 @@ class _Walk:
             n_in, cin = self.size(), self.c
             self.c = rank
             self.weights += rank * cin
+            self.macs += rank * cin * self.h * self.w
             self._live(f"{layer} (reduce)", n_in, held)
         self.conv(layer, cout, 1, 1, held=held)
 
@@ -99,7 +109,11 @@ class _Walk:
     def linear(self, layer: str, n_out: int, fraction: float | None) -> None:
         rank = low_rank(fraction, self.c, n_out)
         if rank is not None:  # the first factor has no bias (LowRankLinear)
-            n_in, self.weights, self.c = self.c, self.weights + rank * self.c, rank
+            n_in, self.c = self.c, rank
+            self.weights += rank * n_in
+            self.macs += rank * n_in
             self._live(f"{layer} (reduce)", n_in, 0)
-        n_in, self.weights, self.c = self.c, self.weights + n_out * self.c + 4 * n_out, n_out
+        n_in, self.c = self.c, n_out
+        self.weights += n_out * n_in + 4 * n_out
+        self.macs += n_out * n_in
         self._live(layer, n_in, 0)

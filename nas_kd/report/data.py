@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from nas_kd.errors import UserError
 from nas_kd.model.cost import FLOP_CONVENTION
+from nas_kd.quantity import format_quantity
 from nas_kd.report.flags import flags_of_config
 from nas_kd.study.pareto import hypervolume, pareto_front
 from nas_kd.study.records import (
@@ -76,6 +77,15 @@ class ReportData:
     @property
     def cost_budget(self) -> float | None:
         return self.budget_latency_us if self.objective == "latency" else self.budget_flops
+
+    @property
+    def cost_name(self) -> str:
+        """The front's cost axis in words: "latency" or "FLOPs"."""
+        return "latency" if self.objective == "latency" else "FLOPs"
+
+    def cost_text(self, value: float) -> str:
+        """A value on the front's cost axis with its unit: "50 µs", "5M FLOPs"."""
+        return f"{value:,.0f} µs" if self.objective == "latency" else f"{format_quantity(value)} FLOPs"
 
     @property
     def feasible_trained(self) -> list[TrialRecord]:

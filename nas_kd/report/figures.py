@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -98,7 +101,7 @@ def draw_pareto(data: ReportData) -> go.Figure:
     every trial, the front as a step line, budget and teacher.
 
     Trials without an accuracy (over budget, failed) go in a strip below the chart, on the same x axis."""
-    x, unit, title = _cost_axis(data)
+    x, unit = _cost_axis(data)
     untrained = [r for r in data.records if getattr(r, x) is not None and r.val_accuracy is None
                  and outcome(r) in (Status.INFEASIBLE, Status.FAILED)]
     drawn = [r for r in data.records if getattr(r, x) is not None]
@@ -123,27 +126,23 @@ def draw_pareto(data: ReportData) -> go.Figure:
         _draw_teacher(fig, data, "flops")
     budget = data.cost_budget
     if budget:
-        _budget_line(fig, budget, f"budget {_cost_text(data, budget)}")
+        _budget_line(fig, budget, f"budget {data.cost_text(budget)}")
     if _span_is_wide([getattr(r, x) for r in drawn] + [budget or 0, data.teacher_cost("flops") if x == "flops" else 0]):
         fig.update_xaxes(type="log")
     fig.update_yaxes(title_text="validation accuracy", tickformat=".0%", row=1, col=1)
     fig.update_xaxes(title_text=unit, row=rows, col=1)
     fig.update_layout(
-        title=f"Validation accuracy against {title} ({len(data.records)} trials; front in red)",
+        title=f"Validation accuracy against {data.cost_name} ({len(data.records)} trials; front in red)",
         height=620, template="plotly_white", hovermode="closest",
     )
     return fig
 
 
-def _cost_axis(data: ReportData) -> tuple[str, str, str]:
-    """The record field on the front's cost axis, the axis title and the chart's name for it."""
+def _cost_axis(data: ReportData) -> tuple[str, str]:
+    """The record field on the front's cost axis and the axis title."""
     if data.cost_attr == "latency_us":
-        return "latency_us", "latency, µs per image (onnxruntime, batch 1, this machine)", "latency"
-    return "flops", "FLOPs (1 multiply-add = 1 FLOP)", "FLOPs"
-
-
-def _cost_text(data: ReportData, value: float) -> str:
-    return f"{value:,.0f} µs" if data.cost_attr == "latency_us" else f"{format_quantity(value)} FLOPs"
+        return "latency_us", "latency, µs per image (onnxruntime, batch 1, this machine)"
+    return "flops", "FLOPs (1 multiply-add = 1 FLOP)"
 
 
 def draw_latency(data: ReportData) -> go.Figure | None:
@@ -167,28 +166,11 @@ def draw_latency(data: ReportData) -> go.Figure | None:
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float | None:
-    """Spearman's ρ (Pearson's correlation of average ranks); None for fewer than 3 points or no spread."""
-    if len(a) < 3:
+    """Spearman's ρ; None for fewer than 3 points or no spread."""
+    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
         return None
-    ra, rb = _ranks(a), _ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
-    return cov / (va * vb) ** 0.5 if va > 0 and vb > 0 else None
-
-
-def _ranks(values: list[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2
-        i = j + 1
-    return ranks
+    rho = pd.Series(a, dtype=float).corr(pd.Series(b, dtype=float), method="spearman")
+    return None if math.isnan(rho) else float(rho)
 
 
 def _draw_teacher(fig: go.Figure, data: ReportData, cost: str) -> None:

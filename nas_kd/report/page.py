@@ -226,23 +226,19 @@ def hypervolume_caption(data: ReportData) -> str:
     """How the hypervolume is measured: its reference point, in words (plain text)."""
     chance = (f"chance level 1/{data.num_classes} = {data.ref_accuracy:.1%}" if data.num_classes
               else f"{data.ref_accuracy:.1%}")
-    axis = "latency" if data.objective == "latency" else "FLOPs"
-    cost = (f"the budget, {_cost(data, data.ref_cost)}" if data.cost_budget
-            else f"{_cost(data, data.ref_cost or 0)} (no budget recorded)")
+    axis = data.cost_name
+    cost = (f"the budget, {data.cost_text(data.ref_cost)}" if data.cost_budget
+            else f"{data.cost_text(data.ref_cost or 0)} (no budget recorded)")
     return (f"Hypervolume: the area of (accuracy, {axis}) dominated by the feasible front and bounded by the "
             f"reference point accuracy = {chance}, {axis} = {cost}; shown as a fraction of the box "
             f"(100% − chance) × reference {axis}, so 1.0 would be 100% accuracy at zero {axis}.")
-
-
-def _cost(data: ReportData, value: float) -> str:
-    return f"{value:,.0f} µs" if data.objective == "latency" else f"{format_quantity(value)} FLOPs"
 
 
 def _pareto_caption(data: ReportData) -> str:
     text = ("Every trial with a counted cost is drawn; trials over budget were never trained and failed trials "
             "have no accuracy, so both sit in the strip below the chart.")
     if data.cost_budget:
-        text += f" The dotted line is the budget, {_cost(data, data.cost_budget)}."
+        text += f" The dotted line is the budget, {data.cost_text(data.cost_budget)}."
     if data.teacher and data.teacher.get("val_accuracy") is not None:
         text += (f" The {'star' if data.teacher_cost('flops') else 'dashed line'} is the teacher "
                  f"(validation accuracy {data.teacher['val_accuracy']:.2%}).")
@@ -252,9 +248,8 @@ def _pareto_caption(data: ReportData) -> str:
 def report_figures(data: ReportData) -> list[Figure]:
     """The page's figures in order; the first is the Pareto chart (the PNG is made of it)."""
     latency = draw_latency(data)
-    axis = "latency" if data.objective == "latency" else "FLOPs"
     return [
-        (f"Pareto front: validation accuracy against {axis}", draw_pareto(data), _pareto_caption(data)),
+        (f"Pareto front: validation accuracy against {data.cost_name}", draw_pareto(data), _pareto_caption(data)),
         ("Accuracy against parameters", draw_params(data), ""),
         *([("Latency against FLOPs", latency, data.latency_method or "")] if latency is not None else []),
         ("Optimisation history", draw_history(data), hypervolume_caption(data)),

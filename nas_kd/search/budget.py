@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from nas_kd.model.cost import analytic_flops, count_cost, count_params
-from nas_kd.model.memory import count_footprint
+from nas_kd.model.cost import count_cost, count_params
+from nas_kd.model.memory import walk_spec
 from nas_kd.model.spec import ArchSpec
 from nas_kd.search.config import SearchConfig
 from nas_kd.search.prepare import LatencyFn
@@ -39,12 +39,12 @@ def screen(model: torch.nn.Module, spec: ArchSpec, shape: tuple[int, int, int], 
            latency: LatencyFn | None = None) -> CandidateCost:
     """The candidate's costs, each measured only if the cheaper ones fit (the rest stay unmeasured:
     an over-budget candidate records the figure that rejected it)."""
-    flops, foot = analytic_flops(spec, shape), count_footprint(spec, shape)
-    cost = CandidateCost(flops, count_params(model), foot.peak_memory, foot.model_size)
+    walk = walk_spec(spec, shape)  # the analytic FLOP count and the footprint, in one pass
+    cost = CandidateCost(walk.macs, count_params(model), walk.peak, walk.weights)
     if not fits(cost, cfg):
         return cost
     counted = count_cost(model, shape)
-    cost = CandidateCost(counted.flops, counted.params, foot.peak_memory, foot.model_size)
+    cost = CandidateCost(counted.flops, counted.params, walk.peak, walk.weights)
     if latency is None or not fits(cost, cfg):
         return cost
     return CandidateCost(cost.flops, cost.params, cost.peak_memory, cost.model_size, latency(model, spec))
