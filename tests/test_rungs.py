@@ -2,6 +2,8 @@
 
 from nas_kd.search.rungs import (
     RungResult,
+    banded_order,
+    cost_bands,
     crowding_distance,
     next_promotion,
     nondominated_fronts,
@@ -38,6 +40,29 @@ def test_crowding_keeps_the_spread_rather_than_the_top():
     assert {r.candidate for r in promotion_order(results)[:2]} == {1, 4}
     crowd = crowding_distance(results, [0, 1, 2, 3])
     assert crowd[0] == crowd[3] == float("inf") and max(crowd[1], crowd[2]) < float("inf")
+
+
+def test_cost_bands_split_log_cost_evenly_dearest_first():
+    results = [_r(1, 0.8, 200_000), _r(2, 0.8, 300_000), _r(3, 0.8, 1_000_000), _r(4, 0.8, 1_200_000),
+               _r(5, 0.8, 4_000_000), _r(6, 0.8, 4_500_000)]
+    bands = [sorted(results[i].candidate for i in band) for band in cost_bands(results)]
+    assert bands == [[5, 6], [3, 4], [1, 2]]
+    assert [len(b) for b in cost_bands([_r(1, 0.8, 5000), _r(2, 0.9, 5000)])] == [2]  # no spread: one band
+    assert cost_bands([]) == []
+
+
+def test_the_top_of_the_budget_gets_its_turn_though_dominated_at_a_short_rung():
+    # Small students learn fast: at rung 0 all six dominate the three large ones. Pareto order would
+    # promote only small ones; the bands take turns, so the best large one goes up first.
+    small = [_r(i, 0.86 - i / 1000, 200_000 + 60_000 * i) for i in range(6)]
+    large = [_r(10, 0.82, 3_000_000), _r(11, 0.81, 3_500_000), _r(12, 0.80, 4_000_000)]
+    results = small + large
+    assert not {r.candidate for r in promotion_order(results)[:3]} & {10, 11, 12}
+    order = [r.candidate for r in banded_order(results)]
+    assert order[0] == 10 and order[1] in (0, 5) and order[2] in (11, 12)  # 10 dominates 11 and 12
+    assert sorted(order) == sorted(r.candidate for r in results)  # every result once
+    first = next_promotion(results, promoted=set(), top_rung=2, eta=3)
+    assert first is not None and first.candidate == 10
 
 
 def test_a_rung_promotes_its_best_third_and_the_highest_rung_comes_first():

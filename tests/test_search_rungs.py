@@ -9,7 +9,7 @@ from nas_kd.model.builder import build_student
 from nas_kd.model.spec import ArchSpec
 from nas_kd.search.cli import main
 from nas_kd.search.promote import rung_results
-from nas_kd.search.rungs import promotion_order
+from nas_kd.search.rungs import banded_order
 from nas_kd.study.records import trial_records
 
 ARGS = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "1", "--batch-size", "32",
@@ -40,7 +40,7 @@ def test_the_best_candidates_go_up_rungs_and_the_front_reads_the_longest(tmp_pat
     results = rung_results(study, rungs)
     for k in (0, 1):
         at_k = [r for r in results if r.rung == k]
-        best_half = {r.candidate for r in promotion_order(at_k)[: len(at_k) // 2]}
+        best_half = {r.candidate for r in banded_order(at_k)[: len(at_k) // 2]}
         assert best_half and best_half <= set(by_rung[k + 1])
     assert set(by_rung[2]) <= set(by_rung[1]) and len(by_rung[1]) < 8
     assert len({(t.user_attrs["source"], t.user_attrs["rung"]) for t in done}) == len(done)  # each once

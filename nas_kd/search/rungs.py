@@ -3,12 +3,18 @@
 A candidate first trains for rung 0's steps; the scheduler may later promote it to rung 1, which
 resumes it from its checkpoint for ``eta`` times as many steps in all, and so on. Promotion is
 asynchronous (ASHA, Li et al. 2020): whenever a worker is free it asks ``next_promotion``; of the
-``n`` results recorded at a rung, the best ``n // eta`` by ``promotion_order`` may go up, highest
-rung first. Order is non-dominated sorting of (accuracy ↑, cost ↓: FLOPs or latency); inside one
-front, crowding distance on (accuracy, log cost) puts the front's ends and its sparse stretches first, so the
-promoted set spans the budget instead of clustering at its top (Schmucker et al. 2021 use an
-ε-net for the same purpose). Unlike a synchronous halving that keeps whole fronts, a rung never
-promotes more than ``n // eta`` nor empties.
+``n`` results recorded at a rung, the best ``n // eta`` by ``banded_order`` may go up, highest
+rung first. Pareto order (``promotion_order``) is non-dominated sorting of (accuracy ↑, cost ↓:
+FLOPs or latency); inside one front, crowding distance on (accuracy, log cost) puts the front's ends
+and its sparse stretches first, so the promoted set spans the budget instead of clustering at its
+top (Schmucker et al. 2021 use an ε-net for the same purpose). Unlike a synchronous halving that
+keeps whole fronts, a rung never promotes more than ``n // eta`` nor empties.
+
+Pareto order alone starves the top of the budget: a short rung underrates large students, which
+learn more slowly and gain most from longer training (measured: 4.38 MFLOPs +1.7 points from rung
+2 to export, 0.8 MFLOPs +0.9), so at rung 0 they are dominated by small fast learners. The rung's
+results are therefore split into ``BANDS`` bands of equal width in log cost, and the bands take
+turns, dearest first, each giving its own best by Pareto order.
 """
 
 from __future__ import annotations
@@ -66,15 +72,40 @@ def promotion_order(results: Sequence[RungResult]) -> list[RungResult]:
     return [results[i] for i in order]
 
 
+BANDS = 3  # cost bands that take turns at promotion
+
+
+def cost_bands(results: Sequence[RungResult], bands: int = BANDS) -> list[list[int]]:
+    """Indices of ``results`` in ``bands`` bands of equal width in log cost over their own range,
+    dearest band first (empty bands dropped)."""
+    if not results:
+        return []
+    logs = [math.log(max(1.0, r.cost)) for r in results]
+    low, span = min(logs), max(logs) - min(logs)
+    members: list[list[int]] = [[] for _ in range(bands)]
+    for i, value in enumerate(logs):
+        members[min(bands - 1, int(bands * (value - low) / span)) if span > 0 else 0].append(i)
+    return [band for band in reversed(members) if band]
+
+
+def banded_order(results: Sequence[RungResult], bands: int = BANDS) -> list[RungResult]:
+    """``results`` best first, the cost bands taking turns (dearest first), each in Pareto order."""
+    queues = [promotion_order([results[i] for i in band]) for band in cost_bands(results, bands)]
+    order = []
+    for turn in range(max((len(q) for q in queues), default=0)):
+        order += [q[turn] for q in queues if turn < len(q)]
+    return order
+
+
 def promotable(results: Sequence[RungResult], *, promoted: set[tuple[int, int]], top_rung: int,
                eta: int) -> list[RungResult]:
     """Every result that may go up now, the one to promote first first: of each rung below ``top_rung``
     (highest first), its best ``n // eta`` results not yet promoted (``promoted`` holds the
-    (candidate, rung) pairs already moved up)."""
+    (candidate, rung) pairs already moved up), in ``banded_order``."""
     out = []
     for rung in range(top_rung - 1, -1, -1):
         at_rung = [r for r in results if r.rung == rung]
-        out += [r for r in promotion_order(at_rung)[: len(at_rung) // eta] if (r.candidate, rung) not in promoted]
+        out += [r for r in banded_order(at_rung)[: len(at_rung) // eta] if (r.candidate, rung) not in promoted]
     return out
 
 
