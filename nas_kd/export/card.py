@@ -99,12 +99,36 @@ def model_card_markdown(card: dict) -> str:
         f"onnxruntime {lat['onnxruntime']:.0f} µs |",
         f"| ONNX vs PyTorch | max abs diff {card['onnx_max_abs_diff']:.1e} on {card['check_batch']} images |",
         *(int8_rows(card["int8"]) if "int8" in card else []),
+        *(recipe_rows(card["recipe"]) if card.get("recipe", {}).get("name", "kd") != "kd" else []),
         "", f"FLOP convention: {card['flop_convention']}.", "",
         "Files: `spec.json` (architecture), `weights.safetensors`, `model.ts` (TorchScript), `model.onnx`"
         + (f", `{card['int8']['path']}` (int8)." if "int8" in card else "."),
         "Load in Python: `nas_kd.load_student(folder)`.", "",
     ]
     return "\n".join(lines)
+
+
+def recipe_rows(r: dict) -> list[str]:
+    """The Markdown rows of a distillation recipe other than plain KD: what each training reached."""
+    if r["name"] == "ban":
+        rows = [f"| generation {g['generation']} (from {g['learns_from']}) | {g['test_accuracy']:.2%} test, "
+                f"{g['val_accuracy']:.2%} val, {g['train_seconds']:.0f} s |" for g in r["each_generation"]]
+        e = r["ensemble"]
+        return [f"| recipe | born-again networks, {r['generations']} generations; generation "
+                f"{r['shipped_generation']} shipped ({r['rule']}) |", *rows,
+                f"| ensemble of the generations | {e['test_accuracy']:.2%} test, {e['val_accuracy']:.2%} val |"]
+    if r["name"] == "dml":
+        return [f"| recipe | deep mutual learning, {r['peers']} peers learning from {r['learns_from']}; "
+                f"peer {r['shipped_peer']} shipped ({r['rule']}) |",
+                *(f"| peer {p['peer']} | {p['test_accuracy']:.2%} test, {p['val_accuracy']:.2%} val |"
+                  for p in r["each_peer"])]
+    if r["name"] == "takd":
+        a = r["assistant"]
+        return ["| recipe | teacher-assistant KD: teacher → assistant → student |",
+                f"| teacher assistant | {a['architecture']}, {a['flops']:,} FLOPs (×{a['width_multiplier']:g} "
+                f"channels: {a['rule']}); {a['test_accuracy']:.2%} test, {a['val_accuracy']:.2%} val"
+                + (" (from the cache)" if a["from_cache"] else f", {a['train_seconds']:.0f} s") + " |"]
+    return [f"| recipe | {r['name']} |"]
 
 
 def int8_rows(q: dict) -> list[str]:

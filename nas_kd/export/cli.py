@@ -20,6 +20,14 @@ from nas_kd.export.pick import add_trial_arguments, pick_trial
 from nas_kd.export.qat import QAT_EPOCHS
 from nas_kd.export.quantize import CALIBRATION_IMAGES, DEFAULT_MAX_DROP, INT8_FILE
 from nas_kd.export.retrain import DATASET_EXPORT_EPOCHS, DEFAULT_KD_TARGETS, EXPORT_EPOCHS, EXPORT_MIN_STEPS
+from nas_kd.export.schemes import (
+    DEFAULT_GENERATIONS,
+    DEFAULT_PEERS,
+    DEFAULT_SCHEME,
+    SchemeOptions,
+    check_options,
+    scheme_names,
+)
 from nas_kd.export.trial import export_trial
 from nas_kd.quantity import format_quantity
 from nas_kd.study.records import trial_records
@@ -42,6 +50,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, help=f"KD training epochs on the whole training split (default "
                    f"{EXPORT_EPOCHS}; {', '.join(f'{d} {n}' for d, n in DATASET_EXPORT_EPOCHS.items())}; more "
                    f"on small data: at least {EXPORT_MIN_STEPS} steps)")
+    p.add_argument("--recipe", default=DEFAULT_SCHEME,
+                   help=f"how the student is distilled: {', '.join(scheme_names())} (default {DEFAULT_SCHEME}: "
+                   "KD from the study's teacher; ban: born-again generations; dml: peers learning from each "
+                   "other; takd: through a teacher assistant; see docs/export.md)")
+    p.add_argument("--generations", type=int, help=f"--recipe ban: generations (default {DEFAULT_GENERATIONS}), "
+                   "each trained --epochs")
+    p.add_argument("--peers", type=int, help=f"--recipe dml: students trained together (default {DEFAULT_PEERS})")
     p.add_argument("--ablation", action="store_true", help="also train the same architecture from labels only")
     p.add_argument("--augment", help=f"{', '.join(AUGMENTATIONS)} (default: crop-flip for fashion-mnist, "
                    "none for other data)")
@@ -75,14 +90,26 @@ def max_drop(text: str) -> float:
     return value
 
 
+def scheme_options(a: argparse.Namespace) -> SchemeOptions:
+    """``--recipe`` and its knobs; a knob given to another recipe is a mistake (UserError), not ignored."""
+    for flag, value, owner in (("--generations", a.generations, "ban"), ("--peers", a.peers, "dml")):
+        if value is not None and a.recipe != owner:
+            raise UserError(f"{flag} applies to --recipe {owner}, not --recipe {a.recipe}")
+    options = SchemeOptions(a.recipe, generations=DEFAULT_GENERATIONS if a.generations is None else a.generations,
+                            peers=DEFAULT_PEERS if a.peers is None else a.peers)
+    check_options(options)
+    return options
+
+
 def _export(a: argparse.Namespace) -> int:
+    scheme = scheme_options(a)
     set_threads(a.threads)
     study = open_named_study(a.study_name, a.studies_dir, a.storage)
     record = pick_trial(trial_records(study), trial=a.trial, pick=a.pick)
     out = Path(a.out) if a.out else Path(a.studies_dir) / a.study_name / f"export-trial{record.number}"
     result = export_trial(study, record, out, epochs=a.epochs, ablation=a.ablation, augment=a.augment,
                           kd_targets_mode=a.kd_targets, seed=a.seed, data_dir=a.data_dir, cache_dir=a.cache_dir,
-                          int8_max_drop=a.int8_max_drop if a.int8 else None)
+                          int8_max_drop=a.int8_max_drop if a.int8 else None, scheme=scheme)
     c = result.card
     print(f"{'exported' if result.retrained else 'quantized the finished export of'} trial {c['trial']} "
           f"{'to' if result.retrained else 'in'} {result.folder}: {format_quantity(c['flops'])} FLOPs, "

@@ -182,6 +182,14 @@ def _train(recipe: Recipe, kd: KDSettings, targets: dict, label: str, checkpoint
            clock: TrainingClock, progress: Progress) -> Trained:
     torch.manual_seed(recipe.settings.seed)
     model = build_student(recipe.spec).to(memory_format=torch.channels_last)
+    seconds = fit(recipe, model, kd, targets, label, checkpoint, clock, progress)
+    return Trained(model, seconds, *score(model, recipe.split))
+
+
+def fit(recipe: Recipe, model: nn.Module, kd: KDSettings, targets: dict, label: str, checkpoint: Path | None,
+        clock: TrainingClock, progress: Progress) -> float:
+    """Train ``model`` in place with the recipe's settings against ``targets`` (resuming from
+    ``checkpoint``); the training seconds, the runs it resumed included."""
     if checkpoint is not None and checkpoint.exists():
         progress.log(f"export: resuming {label} from {checkpoint}")
     clock.next_training()
@@ -191,7 +199,10 @@ def _train(recipe: Recipe, kd: KDSettings, targets: dict, label: str, checkpoint
                         f"{clock.text(step, total)}")
 
     split = recipe.split
-    result = train_model(model, split.x_train, split.y_train, recipe.settings, kd=kd, on_step=on_step,
-                         checkpoint=checkpoint, **targets)
-    return Trained(model, result.seconds, accuracy(model, split.x_val, split.y_val),
-                   accuracy(model, split.x_test, split.y_test))
+    return train_model(model, split.x_train, split.y_train, recipe.settings, kd=kd, on_step=on_step,
+                       checkpoint=checkpoint, **targets).seconds
+
+
+def score(model: nn.Module, split: Split) -> tuple[float, float]:
+    """(validation, test) accuracy."""
+    return accuracy(model, split.x_val, split.y_val), accuracy(model, split.x_test, split.y_test)

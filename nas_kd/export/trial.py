@@ -26,8 +26,8 @@ from nas_kd.export.retrain import (
     read_recipe,
     resume_folder,
     train_labels_only,
-    train_with_kd,
 )
+from nas_kd.export.schemes import SchemeOptions, SchemeRun, check_options, run_scheme, trainings
 from nas_kd.files import give_default_modes
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.study.records import TrialRecord
@@ -45,25 +45,30 @@ class ExportResult:
 def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs: float | None, ablation: bool,
                  augment: str | None = None, kd_targets_mode: str = DEFAULT_KD_TARGETS, seed: int | None = None,
                  data_dir: str | None = None, cache_dir: str | None = None, int8_max_drop: float | None = None,
-                 progress: Progress | None = None) -> ExportResult:
+                 scheme: SchemeOptions | None = None, progress: Progress | None = None) -> ExportResult:
     """Retrain ``record``'s architecture with KD on the whole training split (augmented: a long run
     needs it, a 2-epoch search trial does not), evaluate once on test, and write the export folder
     ``out`` (atomically). An interrupted training is resumed by the same call.
 
     With ``int8_max_drop`` (points of validation accuracy) the folder also gets ``model.int8.onnx``;
-    when ``out`` already holds a finished export of this recipe, that student is quantized in place."""
-    progress = progress or Progress()
+    when ``out`` already holds a finished export of this recipe, that student is quantized in place.
+    ``scheme`` is the distillation recipe (``--recipe``; default: KD from the study's teacher)."""
+    progress, scheme = progress or Progress(), scheme or SchemeOptions()
+    check_options(scheme)
     recipe = read_recipe(study, record, epochs=epochs, augment=augment, kd_targets_mode=kd_targets_mode, seed=seed,
                          data_dir=data_dir, cache_dir=cache_dir, progress=progress)
-    if int8_max_drop is not None and finished_export(out, study.study_name, record, recipe, ablation=ablation):
+    if int8_max_drop is not None and finished_export(out, study.study_name, record, recipe, ablation=ablation,
+                                                     scheme=scheme):
         return quantize_in_place(out, recipe, int8_max_drop, progress)
     with staged_folder(out) as tmp:
-        progress.log(f"export: trial {record.number} ({recipe.spec.summary()}), {recipe.kd.describe()}, "
-                     f"{recipe.settings.epochs:g} epochs on {len(recipe.split.y_train)} images")
-        clock = TrainingClock(trainings=2 if ablation else 1)
-        student = train_with_kd(recipe, out, clock, progress)
+        progress.log(f"export: trial {record.number} ({recipe.spec.summary()}), recipe {scheme.name}, "
+                     f"{recipe.kd.describe()}, {recipe.settings.epochs:g} epochs on {len(recipe.split.y_train)} images")
+        clock = TrainingClock(trainings=trainings(scheme) + (1 if ablation else 0))
+        outcome = run_scheme(SchemeRun(recipe, scheme, out, clock, progress, cache_dir=cache_dir))
+        student = outcome.student
         card = model_card(study.study_name, record, recipe, student)
-        progress.log(f"export: KD student test accuracy {student.test_accuracy:.2%} "
+        card["recipe"] = {**outcome.entry, **scheme.key()}
+        progress.log(f"export: {scheme.name} student test accuracy {student.test_accuracy:.2%} "
                      f"(val {student.val_accuracy:.2%}) after {format_seconds(student.seconds)}")
         if ablation:
             card["ablation"] = ablation_entry(card, train_labels_only(recipe, out, clock, progress))
@@ -79,9 +84,11 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
     return ExportResult(out, card)
 
 
-def finished_export(out: Path, study_name: str, record: TrialRecord, recipe: Recipe, *, ablation: bool = False) -> bool:
+def finished_export(out: Path, study_name: str, record: TrialRecord, recipe: Recipe, *, ablation: bool = False,
+                    scheme: SchemeOptions | None = None) -> bool:
     """Whether ``out`` holds a finished export of ``record`` trained by ``recipe`` (same spec, data,
-    training settings and seed, KD and teacher, read from its model card) and, if asked, its ablation."""
+    training settings and seed, KD, teacher and distillation scheme, read from its model card) and, if
+    asked, its ablation. A card from before recipes existed was made by ``kd``."""
     try:
         card = json.loads((out / "model_card.json").read_text())
     except (OSError, ValueError):
@@ -89,10 +96,14 @@ def finished_export(out: Path, study_name: str, record: TrialRecord, recipe: Rec
     if not all((out / name).is_file() for name in ("spec.json", "weights.safetensors", "model.onnx")):
         return False
     kd_targets = recipe.kd_targets if recipe.kd.uses_teacher else None
+    scheme_key = (scheme or SchemeOptions()).key()
+    made_by = card.get("recipe", {"name": "kd"})
     wanted = [study_name, record.number, recipe.spec.to_dict(), recipe.split.description["fingerprint"],
-              asdict(recipe.settings), asdict(recipe.kd), kd_targets, recipe.teacher and recipe.teacher["sha256"]]
+              asdict(recipe.settings), asdict(recipe.kd), kd_targets, recipe.teacher and recipe.teacher["sha256"],
+              scheme_key]
     found = [card.get("study"), card.get("trial"), card.get("spec"), card.get("dataset", {}).get("fingerprint"),
-             card.get("training"), card.get("kd"), card.get("kd_targets"), (card.get("teacher") or {}).get("sha256")]
+             card.get("training"), card.get("kd"), card.get("kd_targets"), (card.get("teacher") or {}).get("sha256"),
+             {k: made_by.get(k) for k in scheme_key}]
     same = json.dumps(wanted, sort_keys=True) == json.dumps(found, sort_keys=True)
     return same and (not ablation or "ablation" in card)
 

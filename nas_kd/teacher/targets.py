@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from nas_kd.data import Split
 from nas_kd.errors import UserError
@@ -33,13 +34,29 @@ def kd_targets(teacher: Teacher, split: Split, mode: str, augment: str, *,
         return {"teacher_logits": teacher_logits(teacher, split, cache_dir=cache_dir)}
     if mode == "live":
         return {"teacher": teacher.model.eval()}
-    g = torch.Generator().manual_seed(0)  # the views are part of the data, the same for every run
-    views = torch.stack([
-        torch.cat([augment_batch(chunk, augment, g) for chunk in split.x_train.split(4096)]) for _ in range(VIEWS)
-    ])
+    views = fixed_views(split, augment)
     path = TeacherCache.at(cache_dir).views(teacher.info.key, teacher.info.sha256, augment, VIEWS)
     logits = load_tensor(path, (VIEWS, len(split.y_train), split.num_classes))
     if logits is None:
         logits = torch.stack([predict_logits(teacher.model, v) for v in views])
         save_torch(logits, path)
     return {"views": views, "teacher_logits": logits}
+
+
+def fixed_views(split: Split, augment: str) -> torch.Tensor:
+    """``VIEWS`` augmented views of every training image [VIEWS, N, ...], the same for every run."""
+    g = torch.Generator().manual_seed(0)  # the views are part of the data
+    return torch.stack([
+        torch.cat([augment_batch(chunk, augment, g) for chunk in split.x_train.split(4096)]) for _ in range(VIEWS)
+    ])
+
+
+def model_targets(model: nn.Module, split: Split, mode: str, augment: str) -> dict:
+    """``kd_targets`` of a trained student used as a teacher (a born-again generation, a teacher
+    assistant): its logits are computed here, not cached, since the student exists only in this run."""
+    if mode == "clean" or augment == "none":
+        return {"teacher_logits": predict_logits(model, split.x_train)}
+    if mode == "live":
+        return {"teacher": model.eval()}
+    views = fixed_views(split, augment)
+    return {"views": views, "teacher_logits": torch.stack([predict_logits(model, v) for v in views])}

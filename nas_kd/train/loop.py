@@ -48,7 +48,7 @@ def train_model(
     kd = kd or KDSettings(alpha=0.0)
     device = device_for(model)
     step_name = choose_step(kd, cached_logits=teacher_logits is not None, teacher=teacher,
-                            checkpointed=checkpoint is not None)
+                            checkpointed=checkpoint is not None, model_step=getattr(model, "loss_step", None))
     loss_step = build_step(step_name, StepInputs(model, settings, kd, teacher, device, sample=x[:2]))
     next_batch = batch_source(x, y, settings.augment, device, teacher_logits=teacher_logits, views=views)
     g = torch.Generator().manual_seed(settings.seed)  # every draw of the run: order, views, augmentation

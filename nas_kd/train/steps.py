@@ -53,10 +53,16 @@ def register_step(name: str) -> Callable[[StepBuilder], StepBuilder]:
     return wrap
 
 
-def choose_step(kd: KDSettings, *, cached_logits: bool, teacher: nn.Module | None, checkpointed: bool) -> str:
+def choose_step(kd: KDSettings, *, cached_logits: bool, teacher: nn.Module | None, checkpointed: bool,
+                model_step: str | None = None) -> str:
     """The registered step that trains with ``kd`` given the run's targets; ValueError, before any
-    training, when the targets cannot serve ``kd``."""
+    training, when the targets cannot serve ``kd``. A model that names its own step (``model_step``,
+    its ``loss_step`` attribute: several peers, a student with exits) is trained by that step."""
     get_kd_loss(kd.loss)  # an unknown loss name is refused even when it would go unused
+    if model_step is not None:
+        if model_step not in _STEPS:
+            raise ValueError(f"the model asks for an unregistered loss step {model_step!r}")
+        return model_step
     if not kd.uses_teacher:
         return "labels"
     if not cached_logits and teacher is None:
