@@ -218,3 +218,22 @@ def test_workers_never_pop_the_same_enqueued_trial_from_sqlite(tmp_path):
     numbers = [n for [got] in _together(tmp_path, "pop", [url]) for n in got]
     assert sorted(numbers) == list(range(30))
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_a_worker_done_with_its_share_helps_a_run_short_of_its_trials(tmp_path, cache_dir):
+    # Promotions make workers' shares uneven: one finishes its candidates while another still has
+    # several to train. Here worker 1's nominal share is 1 trial, but its run needs 3 and no other
+    # worker is training them: it trains all 3 rather than leave a core idle, and no more.
+    common = [*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "h",
+              "--no-warm-start", "--rungs", "1"]
+    assert main([*common, "--trials", "1", "--workers", "1"]) == 0  # the study, prepared as a parent would
+    assert main([*common, "--trials", "1", "--workers", "1", "--worker-index", "1", "--run-id", "r1",
+                 "--run-trials", "3"]) == 0
+    study = optuna.load_study(study_name="h", storage=f"sqlite:///{tmp_path / 'h.db'}")
+    mine = [t for t in study.trials if t.user_attrs.get("run") == "r1" and t.user_attrs.get("status") == "trained"]
+    assert len(mine) == 3 and all(t.user_attrs["worker"] == 1 for t in mine)
+    # the same run again has its trials: nothing more is trained
+    assert main([*common, "--trials", "1", "--workers", "1", "--worker-index", "0", "--run-id", "r1",
+                 "--run-trials", "3"]) == 0
+    study = optuna.load_study(study_name="h", storage=f"sqlite:///{tmp_path / 'h.db'}")
+    assert sum(t.user_attrs.get("status") == "trained" for t in study.trials) == 1 + 3

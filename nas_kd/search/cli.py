@@ -83,6 +83,7 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         studies_dir=a.studies_dir, sampler=a.sampler, warm_start=a.warm_start,
         early_stop=a.early_stop, rungs=a.rungs, eta=a.eta, cache_dir=a.cache_dir, device=a.device,
         threads=a.threads, workers=a.workers or default_workers(a.threads, a.device), worker_index=a.worker_index,
+        run_id=a.run_id, run_trials=a.run_trials,
     )
 
 
@@ -177,6 +178,8 @@ def _machine_flags(p: argparse.ArgumentParser) -> None:
                    "on CPU, 1 with --threads or on a GPU; 1: trials run in this process); on several machines, "
                    "run the same command with the same --storage on each")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--run-id", help=argparse.SUPPRESS)
+    p.add_argument("--run-trials", type=int, help=argparse.SUPPRESS)
 
 
 def _absolute(path_or_name: str) -> str:

@@ -61,6 +61,8 @@ class SearchConfig:
     threads: int | None = None  # PyTorch CPU threads; None: the cores, shared among the workers
     workers: int = 1  # local worker processes sharing the study
     worker_index: int | None = None  # set in a worker process started by --workers
+    run_id: str | None = None  # set in workers started together by --workers: they share the run's trials
+    run_trials: int | None = None  # the run's --trials, which workers ahead of their share help finish
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:

@@ -38,9 +38,10 @@ from nas_kd.search.promote import (
 )
 from nas_kd.search.rungs import promotable
 from nas_kd.study.records import INTERRUPTED_REASON, Attr, Status, is_trained
-from nas_kd.study.storage import ask_trial, make_sampler
+from nas_kd.study.storage import ask_trial, file_lock, make_sampler
 
 MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial before giving up
+RUN_POLL_SECONDS = 2.0  # how often a worker with no candidate left looks for a promotion due
 MAX_UNEXPECTED_FAILURES = 3  # consecutive trial crashes of unknown cause before stopping
 WORKER_SEED_STRIDE = 7919  # workers draw from different sampler streams
 
@@ -102,7 +103,7 @@ class _Loop:
             interrupts.check()
             if self._promotion():
                 continue
-            if self.counts.trained >= cfg.trials:
+            if self.cfg.run_id is None and self.counts.trained >= cfg.trials:
                 break
             if self.counts.skipped > MAX_SKIPS_PER_TRIAL * cfg.trials:
                 raise UserError(
@@ -111,7 +112,12 @@ class _Loop:
                 )
             interrupts.check()
             fail_stale(self.study)  # one query: a killed peer's trial is failed within the grace period
-            trial = ask_trial(self.study, cfg.storage_url)
+            trial = ask_trial(self.study, cfg.storage_url) if cfg.run_id is None else self._ask_in_run()
+            if trial is None:  # the run has all its candidates: wait for promotions while peers train
+                if not self._run_busy():
+                    break
+                time.sleep(RUN_POLL_SECONDS)
+                continue
             try:  # Ctrl-C anywhere in a trial (sampling, counting, training) fails that trial
                 self._one(trial)
             except KeyboardInterrupt:
@@ -119,6 +125,26 @@ class _Loop:
                 raise
         self.counts.seconds = time.perf_counter() - self.start
         return self.counts
+
+    def _ask_in_run(self) -> optuna.Trial | None:
+        """A new trial for this run of local workers, or None once the run's ``--trials`` are all
+        trained or in training. Workers share one count, not fixed shares: promotions make workers
+        uneven, and a worker with its share done would otherwise leave its core idle. The count and
+        the ask happen under one file lock, so two workers never take the run's last slot twice."""
+        with file_lock(self.cfg.out_dir / ".run-lock"):
+            if run_slots_taken(self.study, self.cfg.run_id) >= (self.cfg.run_trials or self.cfg.trials):
+                return None
+            trial = ask_trial(self.study, self.cfg.storage_url)
+            trial.set_user_attr(Attr.RUN, self.cfg.run_id)
+            return trial
+
+    def _run_busy(self) -> bool:
+        """Another worker of this run is training a candidate or a promotion (which may make more due)."""
+        if self.rungs is None:
+            return False
+        running = (_TrialState.RUNNING,)
+        return any(t.user_attrs.get(Attr.RUN) == self.cfg.run_id
+                   for study in (self.study, self.rungs) for t in study.get_trials(deepcopy=False, states=running))
 
     def _one(self, trial: optuna.Trial) -> None:
         """Sample -> count -> reject, reuse or train."""
@@ -212,7 +238,7 @@ class _Loop:
                          top_rung=self.cfg.rungs - 1, eta=self.cfg.eta)
         for result in due:
             if checkpoint_path(self.cfg, result.candidate).exists():
-                claim = try_claim(self.rungs, result)
+                claim = try_claim(self.rungs, result, run_id=self.cfg.run_id)
                 if claim is not None:
                     self._promote(claim, result.accuracy)
                     return True
@@ -292,8 +318,18 @@ def _record_candidate(trial: optuna.Trial, spec: ArchSpec, cost: CandidateCost, 
             trial.set_user_attr(key, value)
     if cfg.worker_index is not None:
         trial.set_user_attr(Attr.WORKER, cfg.worker_index)
+    if cfg.run_id is not None:
+        trial.set_user_attr(Attr.RUN, cfg.run_id)
     for name, value in overshoot(cost, cfg).items():
         trial.set_constraint(name, value)
+
+
+def run_slots_taken(study: optuna.Study, run_id: str) -> int:
+    """Trials of run ``run_id`` that took one of its ``--trials``: trained, stopped or failed, or
+    running now (a running one may still be rejected over budget, in a moment, freeing its slot)."""
+    taken = (Status.TRAINED, Status.STOPPED, Status.FAILED)
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get(Attr.RUN) == run_id
+               and (t.state == _TrialState.RUNNING or t.user_attrs.get(Attr.STATUS) in taken))
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, progress: Progress) -> None:

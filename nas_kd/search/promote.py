@@ -62,11 +62,13 @@ def promoted(rungs: optuna.Study) -> set[tuple[int, int]]:
     return {(t.user_attrs[Attr.SOURCE], t.user_attrs[Attr.RUNG] - 1) for t in _live(rungs)}
 
 
-def try_claim(rungs: optuna.Study, result: RungResult) -> Claim | None:
-    """Claim the promotion of ``result`` to the next rung; None if another worker claimed it first."""
+def try_claim(rungs: optuna.Study, result: RungResult, run_id: str | None = None) -> Claim | None:
+    """Claim the promotion of ``result`` to the next rung; None if another worker claimed it first.
+    ``run_id``: the run of local workers this worker belongs to (its peers wait while it trains)."""
     token, rung = uuid.uuid4().hex, result.rung + 1
-    rungs.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
-        Attr.SOURCE: result.candidate, Attr.RUNG: rung, Attr.COST: result.cost, Attr.CLAIM: token}))
+    attrs = {Attr.SOURCE: result.candidate, Attr.RUNG: rung, Attr.COST: result.cost, Attr.CLAIM: token}
+    rungs.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING,
+                                              user_attrs={**attrs, **({Attr.RUN: run_id} if run_id else {})}))
     same = sorted((t for t in _live(rungs)
                    if t.user_attrs.get(Attr.SOURCE) == result.candidate and t.user_attrs.get(Attr.RUNG) == rung),
                   key=lambda t: t.number)

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 
 import torch
 
@@ -37,14 +38,16 @@ def run_workers(cfg: SearchConfig, progress: Progress) -> int:
     Returns 0 when every worker finished, 2 when one stopped on a user error, else 1."""
     threads = cfg.training_threads
     shares = [cfg.trials // cfg.workers + (i < cfg.trials % cfg.workers) for i in range(cfg.workers)]
-    progress.log(f"starting {cfg.workers} workers ({threads} thread(s) each; trials {shares})")
+    progress.log(f"starting {cfg.workers} workers ({threads} thread(s) each; trials {shares}, and a worker "
+                 "done early trains more while the run is short)")
     env = {**os.environ, "NAS_KD_PROGRESS": "lines", STORAGE_ENV: cfg.storage_url}
     # Each worker gets its own process group, so a terminal's Ctrl-C reaches only this process,
     # which stops every worker exactly once, with SIGTERM: a worker started from a script's
     # background job inherits an ignored SIGINT, but never an ignored SIGTERM.
     group = {} if os.name != "posix" else (
         {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp})
-    procs = [subprocess.Popen([sys.executable, "-m", "nas_kd.search", *worker_args(cfg, i, n, threads)],
+    run_id = uuid.uuid4().hex
+    procs = [subprocess.Popen([sys.executable, "-m", "nas_kd.search", *worker_args(cfg, i, n, threads, run_id)],
                               env=env, **group)
              for i, n in enumerate(shares) if n > 0]
     try:
@@ -62,11 +65,14 @@ def run_workers(cfg: SearchConfig, progress: Progress) -> int:
     return 2 if 2 in bad else 1
 
 
-def worker_args(cfg: SearchConfig, index: int, trials: int, threads: int) -> list[str]:
-    """The command line of one local worker: this run's flags, its share of trials and threads.
-    No ``--storage``: the worker reads the URL from ``NAS_KD_STORAGE``."""
+def worker_args(cfg: SearchConfig, index: int, trials: int, threads: int, run_id: str) -> list[str]:
+    """The command line of one local worker: this run's flags, its share of trials and threads, and
+    the run it belongs to (a worker done with its share trains more while the run is short of its
+    ``--trials``: promotions make shares uneven). No ``--storage``: the worker reads the URL from
+    ``NAS_KD_STORAGE``."""
     return command_line({**flag_values(cfg), "--storage": None, "--workers": None, "--trials": str(trials),
-                         "--threads": str(threads), "--worker-index": str(index)})
+                         "--threads": str(threads), "--worker-index": str(index), "--run-id": run_id,
+                         "--run-trials": str(cfg.trials)})
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

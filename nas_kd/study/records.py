@@ -43,6 +43,7 @@ class Attr:
     FAIL_REASON = "fail_reason"
     DUPLICATE_OF = "duplicate_of"
     WORKER = "worker"
+    RUN = "run"  # the --workers run that trained it (workers share its --trials)
     KD = "kd"  # this trial's recipe under --kd search
     WARM_START = "warm_start"  # the hand design's name
     # on a promotion (a trial of the rungs study)

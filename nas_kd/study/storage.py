@@ -113,10 +113,21 @@ def ask_trial(study: optuna.Study, storage: str) -> optuna.Trial:
 @contextlib.contextmanager
 def _sqlite_ask_lock(storage: str) -> Iterator[None]:
     path = storage.removeprefix("sqlite:///") if storage.startswith("sqlite:///") else ""
-    if path in ("", ":memory:") or fcntl is None:  # nothing another process could share
+    if path in ("", ":memory:"):  # nothing another process could share
         yield
         return
-    with open(f"{path}.ask-lock", "a") as lock:
+    with file_lock(f"{path}.ask-lock"):
+        yield
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock among the processes of this machine, held for the block (none on Windows)."""
+    if fcntl is None:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
