@@ -189,7 +189,7 @@ def test_a_stopped_born_again_export_resumes_where_it_stopped(study_dir, cache_d
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--recipe", "ban", "--generations", "0"], "--generations must be at least 1, got 0"),
-    (["--recipe", "nope"], "unknown --recipe 'nope': choose one of ban, dml, kd, takd"),
+    (["--recipe", "nope"], "unknown --recipe 'nope': choose one of ban, dml, kd, self, takd"),
     (["--recipe", "dml", "--peers", "1"], "--peers must be at least 2"),
     (["--recipe", "ban", "--peers", "3"], "--peers applies to --recipe dml, not --recipe ban"),
     (["--generations", "2"], "--generations applies to --recipe ban, not --recipe kd"),
@@ -200,3 +200,92 @@ def test_bad_recipe_input_is_one_line_and_exit_2(study_dir, cache_dir, tmp_path,
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def _exit_student(stages="ds k3 c16 s2 x1 | ds k3 c32 s2 x1 | ds k3 c48 s1 x1"):
+    from nas_kd.distill.exits import ExitStudent
+    from nas_kd.model.spec import parse_summary
+
+    torch.manual_seed(0)
+    return ExitStudent(build_student(parse_summary(f"stem8/s1 | {stages} | head32 | fc | relu", 1, 10))).eval()
+
+
+def test_an_early_exit_student_answers_at_the_last_exit_at_threshold_1_and_the_first_at_0():
+    model = _exit_student()
+    x = torch.randn(32, 1, 12, 12)
+    with torch.no_grad():
+        every = model(x)
+        plain = model.student(x)
+    assert every.shape == (32, 3, 10) and torch.allclose(every[:, -1], plain, atol=1e-6)
+    logits, answered = model.predict(x, 1.0)
+    assert torch.allclose(logits, plain, atol=1e-6) and (answered == 2).all()
+    logits, answered = model.predict(x, 0.0)
+    assert torch.allclose(logits, every[:, 0], atol=1e-6) and (answered == 0).all()
+    logits, answered = model.predict(x, 0.105)  # in between: each image from the exit that answered it
+    assert torch.allclose(logits, every[torch.arange(32), answered], atol=1e-5)
+
+
+def test_self_distillation_trains_every_exit_from_the_last(study_dir, cache_dir, tmp_path):
+    from nas_kd.distill.exits import ExitStudent, self_distill_loss
+
+    run, outcome = _run(study_dir, cache_dir, tmp_path, SchemeOptions("self"))
+    (training,) = run.trainings
+    assert isinstance(training["model"], ExitStudent) and _falls(training["losses"])
+    assert outcome.student.model is training["model"].student  # exits dropped without --exits
+    assert len(outcome.entry["each_exit"]) == len(run.recipe.spec.stages)
+    # an auxiliary exit learns from the final exit's outputs: changing them changes its gradient
+    logits = torch.randn(4, 2, 10, requires_grad=True)
+    labels = torch.tensor([1, 2, 3, 4])
+    grads = []
+    for final in (torch.zeros(4, 10), torch.randn(4, 10) * 3):
+        both = torch.stack([logits[:, 0], final], dim=1)
+        (g,) = torch.autograd.grad(self_distill_loss(both, labels, KDSettings(alpha=0.0)), logits)
+        grads.append(g[:, 0])
+    assert not torch.allclose(*grads)
+
+
+def test_exits_export_with_a_threshold_table_and_onnx_gives_every_exit(study_dir, cache_dir, tmp_path):
+    import onnxruntime as ort
+
+    import nas_kd
+    from nas_kd.distill.exits import ExitStudent
+
+    out = tmp_path / "exits"
+    assert export(study_dir, cache_dir, "--exits", "--out", str(out)) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    table = card["recipe"]["early_exit"]
+    assert card["recipe"]["name"] == "self" and card["recipe"]["exits_kept"]
+    assert [row["threshold"] for row in table["thresholds"]][-1] == 1.0
+    last = table["thresholds"][-1]
+    assert last["exit_share"][-1] == 1.0 and last["mean_flops"] == table["flops_at_exit"][-1]
+    assert abs(last["test_accuracy"] - card["test_accuracy"]) < 1e-9
+    assert table["flops_at_exit"] == sorted(table["flops_at_exit"]) and table["student_flops"] < last["mean_flops"]
+    model = nas_kd.load_student(out)
+    assert isinstance(model, ExitStudent)
+    x = torch.randn(8, 1, 12, 12)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()})[0]
+    assert got.shape == expected.shape == (8, model.n_exits, card["dataset"]["num_classes"])
+    assert abs(got - expected).max() < 1e-4
+    assert "| threshold | test accuracy |" in (out / "model_card.md").read_text()
+
+
+def test_exits_need_two_stages_and_no_other_recipe(study_dir, cache_dir, tmp_path, capsys):
+    import dataclasses
+
+    from nas_kd.errors import UserError
+    from nas_kd.model.spec import parse_summary
+
+    run, _ = _run(study_dir, cache_dir, tmp_path, SchemeOptions("kd"))
+    one = parse_summary("stem8/s2 | ds k3 c16 s2 x2 | fc | relu", 1, run.recipe.spec.num_classes)
+    run.recipe = dataclasses.replace(run.recipe, spec=one)
+    run.options = SchemeOptions("self", exits=True)
+    with pytest.raises(UserError, match="at least two stages"):
+        run_scheme(run)
+    for args, message in ((["--exits", "--recipe", "ban"], "--exits are trained by --recipe self, not --recipe ban"),
+                          (["--exits", "--int8"], "--int8 does not quantize early-exit students yet")):
+        assert export(study_dir, cache_dir, *args, "--out", str(tmp_path / "never")) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

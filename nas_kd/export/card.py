@@ -128,6 +128,23 @@ def recipe_rows(r: dict) -> list[str]:
                 f"| teacher assistant | {a['architecture']}, {a['flops']:,} FLOPs (×{a['width_multiplier']:g} "
                 f"channels: {a['rule']}); {a['test_accuracy']:.2%} test, {a['val_accuracy']:.2%} val"
                 + (" (from the cache)" if a["from_cache"] else f", {a['train_seconds']:.0f} s") + " |"]
+    if r["name"] == "self":
+        rows = ["| recipe | self-distillation: an exit after every stage learns from the last exit"
+                + ("; the exits are shipped |" if r["exits_kept"] else "; the exits are dropped, the plain student "
+                   "is shipped |"),
+                *(f"| exit {e['exit']} (after stage {e['after_stage']}) | {e['test_accuracy']:.2%} test, "
+                  f"{e['val_accuracy']:.2%} val |" for e in r["each_exit"])]
+        if "early_exit" in r:
+            t = r["early_exit"]
+            rows += ["", "Early exit: an image is answered by the first exit whose top probability exceeds the "
+                     f"threshold. FLOPs: {t['flops_method']}; latency: {t['latency_method']}.", "",
+                     "| threshold | test accuracy | mean FLOPs per image | share per exit | latency per image |",
+                     "|---|---|---|---|---|",
+                     *(f"| {row['threshold']:g} | {row['test_accuracy']:.2%} | {row['mean_flops']:,} "
+                       f"({row['mean_flops'] / t['student_flops']:.0%} of the student without exits) | "
+                       f"{' / '.join(f'{x:.0%}' for x in row['exit_share'])} | {row['latency_us_per_image']:.0f} µs |"
+                       for row in t["thresholds"]), ""]
+        return rows
     return [f"| recipe | {r['name']} |"]
 
 

@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--generations", type=int, help=f"--recipe ban: generations (default {DEFAULT_GENERATIONS}), "
                    "each trained --epochs")
     p.add_argument("--peers", type=int, help=f"--recipe dml: students trained together (default {DEFAULT_PEERS})")
+    p.add_argument("--exits", action="store_true", help="ship the student with an early exit after every stage "
+                   "(trained by --recipe self, which this implies); the card gives accuracy, mean FLOPs and latency "
+                   "per confidence threshold")
     p.add_argument("--ablation", action="store_true", help="also train the same architecture from labels only")
     p.add_argument("--augment", help=f"{', '.join(AUGMENTATIONS)} (default: crop-flip for fashion-mnist, "
                    "none for other data)")
@@ -95,8 +98,13 @@ def scheme_options(a: argparse.Namespace) -> SchemeOptions:
     for flag, value, owner in (("--generations", a.generations, "ban"), ("--peers", a.peers, "dml")):
         if value is not None and a.recipe != owner:
             raise UserError(f"{flag} applies to --recipe {owner}, not --recipe {a.recipe}")
-    options = SchemeOptions(a.recipe, generations=DEFAULT_GENERATIONS if a.generations is None else a.generations,
-                            peers=DEFAULT_PEERS if a.peers is None else a.peers)
+    if a.exits and a.recipe not in (DEFAULT_SCHEME, "self"):
+        raise UserError(f"--exits are trained by --recipe self, not --recipe {a.recipe}")
+    if a.exits and a.int8:
+        raise UserError("--int8 does not quantize early-exit students yet: export without --exits for int8")
+    name = "self" if a.exits else a.recipe
+    options = SchemeOptions(name, generations=DEFAULT_GENERATIONS if a.generations is None else a.generations,
+                            peers=DEFAULT_PEERS if a.peers is None else a.peers, exits=a.exits)
     check_options(options)
     return options
 

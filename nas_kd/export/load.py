@@ -10,13 +10,16 @@ from safetensors.torch import load_file
 from torch import nn
 
 from nas_kd.compress.shapes import PRUNED_SHAPES, apply_shapes
+from nas_kd.distill.exits import EXITS_FILE, ExitStudent
 from nas_kd.errors import UserError
 from nas_kd.model.builder import build_student
 from nas_kd.model.spec import ArchSpec
 
 
 def load_student(folder: str | Path) -> nn.Module:
-    """The exported student of ``folder`` as an ``nn.Module`` in eval mode, weights loaded.
+    """The exported student of ``folder`` as an ``nn.Module`` in eval mode, weights loaded. A student
+    exported with ``--exits`` is an ``ExitStudent``: ``model(x)`` gives every exit's logits
+    [batch, exits, classes], ``model.predict(x, threshold)`` the answers and which exit gave each.
 
     Raises UserError when the folder lacks a readable spec or weights."""
     folder = Path(folder)
@@ -27,5 +30,7 @@ def load_student(folder: str | Path) -> nn.Module:
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load a student from {folder}: {err}") from None
     model = build_student(spec) if shapes is None else apply_shapes(build_student(spec), shapes)
+    if (folder / EXITS_FILE).exists():
+        model = ExitStudent(model)
     model.load_state_dict(state)
     return model.eval()

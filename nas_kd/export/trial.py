@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 
+from nas_kd.distill.exits import EXITS_FILE
 from nas_kd.export.card import ablation_entry, machine_entry, model_card, write_card
 from nas_kd.export.deploy import write_deployables
 from nas_kd.export.load import load_student
@@ -28,7 +29,7 @@ from nas_kd.export.retrain import (
     train_labels_only,
 )
 from nas_kd.export.schemes import SchemeOptions, SchemeRun, check_options, run_scheme, trainings
-from nas_kd.files import give_default_modes
+from nas_kd.files import give_default_modes, write_json
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.study.records import TrialRecord
 
@@ -76,6 +77,9 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
                          f"KD gains {card['ablation']['kd_gain_points']:+.2f} points")
         check = recipe.split.x_val[:CHECK_IMAGES]
         card.update(write_deployables(student.model, recipe.spec, check, tmp))
+        if card["recipe"].get("exits_kept"):
+            write_json(tmp / EXITS_FILE, {"exits": student.model.n_exits, "outputs": "logits [batch, exits, classes], "
+                                          "the last exit is the student's own classifier"})
         if int8_max_drop is not None:
             card["int8"] = add_int8(tmp, recipe, student.model, max_drop=int8_max_drop, check=check, out=out,
                                     progress=progress)

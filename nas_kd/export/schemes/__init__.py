@@ -7,7 +7,8 @@ and returns the student to ship with its model card entry. Adding one is one mod
 - ``kd``: Hinton KD from the study's teacher (the default; today's export);
 - ``ban``: born-again networks, each generation distilled from the one before;
 - ``dml``: deep mutual learning, peers of one architecture trained together;
-- ``takd``: a teacher assistant between teacher and student.
+- ``takd``: a teacher assistant between teacher and student;
+- ``self``: self-distillation through exits after every stage, kept with ``--exits``.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ class SchemeOptions:
     name: str = DEFAULT_SCHEME
     generations: int = DEFAULT_GENERATIONS  # ban
     peers: int = DEFAULT_PEERS  # dml
+    exits: bool = False  # self: ship the early exits
 
     def key(self) -> dict:
         """What names this recipe in checkpoints and the model card: its name and its own knobs."""
-        extra = {"ban": {"generations": self.generations}, "dml": {"peers": self.peers}}.get(self.name, {})
+        extra = {"ban": {"generations": self.generations}, "dml": {"peers": self.peers},
+                 "self": {"exits": self.exits}}.get(self.name, {})
         return {"name": self.name, **extra}
 
 
@@ -121,3 +124,4 @@ def run_scheme(run: SchemeRun) -> SchemeOutcome:
 
 from nas_kd.export.schemes import ban, dml, takd  # noqa: E402, F401  (register the schemes)
 from nas_kd.export.schemes import kd as _kd  # noqa: E402, F401
+from nas_kd.export.schemes import self as _self  # noqa: E402, F401
