@@ -42,12 +42,17 @@ def test_crowding_keeps_the_spread_rather_than_the_top():
     assert crowd[0] == crowd[3] == float("inf") and max(crowd[1], crowd[2]) < float("inf")
 
 
-def test_cost_bands_split_log_cost_evenly_dearest_first():
+def test_cost_bands_are_anchored_at_the_budget_dearest_first():
     results = [_r(1, 0.8, 200_000), _r(2, 0.8, 300_000), _r(3, 0.8, 1_000_000), _r(4, 0.8, 1_200_000),
-               _r(5, 0.8, 4_000_000), _r(6, 0.8, 4_500_000)]
-    bands = [sorted(results[i].candidate for i in band) for band in cost_bands(results)]
-    assert bands == [[5, 6], [3, 4], [1, 2]]
-    assert [len(b) for b in cost_bands([_r(1, 0.8, 5000), _r(2, 0.9, 5000)])] == [2]  # no spread: one band
+               _r(5, 0.8, 4_000_000), _r(6, 0.8, 4_500_000), _r(7, 0.8, 1_700_000)]
+    bands = [sorted(results[i].candidate for i in band) for band in cost_bands(results, top=5_000_000)]
+    assert bands == [[5, 6, 7], [3, 4], [1, 2]]  # (5M/3, 5M], (5M/9, 5M/3], the rest
+    # a new extreme does not move anyone: the bands are the budget's, not the results' range
+    more = [*results, _r(8, 0.7, 20_000)]
+    assert [sorted(more[i].candidate for i in b) for b in cost_bands(more, top=5_000_000)] == [
+        [5, 6, 7], [3, 4], [1, 2, 8]]
+    # without a budget the dearest result is the anchor
+    assert [sorted(results[i].candidate for i in b) for b in cost_bands(results)] == [[5, 6, 7], [3, 4], [1, 2]]
     assert cost_bands([]) == []
 
 
@@ -58,10 +63,10 @@ def test_the_top_of_the_budget_gets_its_turn_though_dominated_at_a_short_rung():
     large = [_r(10, 0.82, 3_000_000), _r(11, 0.81, 3_500_000), _r(12, 0.80, 4_000_000)]
     results = small + large
     assert not {r.candidate for r in promotion_order(results)[:3]} & {10, 11, 12}
-    order = [r.candidate for r in banded_order(results)]
+    order = [r.candidate for r in banded_order(results, top=5_000_000)]
     assert order[0] == 10 and order[1] in (0, 5) and order[2] in (11, 12)  # 10 dominates 11 and 12
     assert sorted(order) == sorted(r.candidate for r in results)  # every result once
-    first = next_promotion(results, promoted=set(), top_rung=2, eta=3)
+    first = next_promotion(results, promoted=set(), top_rung=2, eta=3, top=5_000_000)
     assert first is not None and first.candidate == 10
 
 

@@ -107,6 +107,11 @@ class SearchConfig:
         return self.objective == "latency" or self.budget_latency_us is not None
 
     @property
+    def cost_budget(self) -> float | None:
+        """The budget on the front's cost axis: FLOPs, or the latency budget under --objective latency."""
+        return self.budget_latency_us if self.objective == "latency" else self.budget_flops
+
+    @property
     def out_dir(self) -> Path:
         return Path(self.studies_dir) / self.name
 

@@ -235,7 +235,7 @@ class _Loop:
             return False
         fail_stale(self.rungs)
         due = promotable(rung_results(self.study, self.rungs), promoted=promoted(self.rungs),
-                         top_rung=self.cfg.rungs - 1, eta=self.cfg.eta)
+                         top_rung=self.cfg.rungs - 1, eta=self.cfg.eta, top=self.cfg.cost_budget)
         for result in due:
             if checkpoint_path(self.cfg, result.candidate).exists():
                 claim = try_claim(self.rungs, result, run_id=self.cfg.run_id)
