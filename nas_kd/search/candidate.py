@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from nas_kd.distill import KDSettings, needs_features
+from nas_kd.distill.exits import ExitStudent
 from nas_kd.files import save_torch
 from nas_kd.search.config import SearchConfig
 from nas_kd.search.early_stop import PROBE_IMAGES, check_half_way
@@ -59,10 +60,19 @@ def train_candidate(run: Run, model: torch.nn.Module, kd: KDSettings, show: Call
     ckpt = checkpoint_path(run.cfg, number) if run.cfg.rungs > 1 and not features else None
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)  # a trial number is trained once: anything there is stale
-    result = train_model(model, run.x_train, run.y_train, trial_settings(run.cfg, len(run.y_train)), kd=kd,
-                         teacher_logits=run.teacher_logits, teacher=run.teacher if features else None,
+    result = train_model(trainee(run, model), run.x_train, run.y_train, trial_settings(run.cfg, len(run.y_train)),
+                         kd=kd, teacher_logits=run.teacher_logits, teacher=run.teacher if features else None,
                          on_step=on_step, checkpoint=ckpt)
     return accuracy(model, run.split.x_val, run.split.y_val), result.seconds, (mid[0] if mid else None)
+
+
+def trainee(run: Run, model: torch.nn.Module) -> torch.nn.Module:
+    """What trains: the candidate, or under ``--self-distill`` the candidate with exits after its
+    stages (a one-stage candidate has none to add). The exits share the candidate's layers, so the
+    candidate itself is scored and saved, and its checkpoint holds the exits for its promotions."""
+    if not run.cfg.self_distill or len(model.spec.stages) < 2:
+        return model
+    return ExitStudent(model).to(run.device).to(memory_format=torch.channels_last)
 
 
 def train_promotion(run: Run, model: torch.nn.Module, kd: KDSettings, number: int, rung: int,
@@ -71,8 +81,8 @@ def train_promotion(run: Run, model: torch.nn.Module, kd: KDSettings, number: in
     validation accuracy, and its training seconds over all its rungs so far."""
     model = model.to(run.device).to(memory_format=torch.channels_last)
     steps, restarts = rung_length(run, rung)
-    result = train_model(model, run.x_train, run.y_train, trial_settings(run.cfg, len(run.y_train)), kd=kd,
-                         teacher_logits=run.teacher_logits, checkpoint=checkpoint_path(run.cfg, number),
+    result = train_model(trainee(run, model), run.x_train, run.y_train, trial_settings(run.cfg, len(run.y_train)),
+                         kd=kd, teacher_logits=run.teacher_logits, checkpoint=checkpoint_path(run.cfg, number),
                          steps=steps, restarts=restarts,
                          on_step=lambda step, total, _loss: show(f"rung {rung} {step / total:.0%}"))
     return accuracy(model, run.split.x_val, run.split.y_val), result.seconds

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+NO_TEACHER = "none"  # --teacher none: labels only
+
+
 def parse_args(argv: list[str] | None) -> SearchConfig:
     a = build_parser().parse_args(argv)
     if a.kd not in [*kd_loss_names(), KD_SEARCH]:
@@ -64,6 +67,13 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
                         f"or {KD_SEARCH} (Optuna picks loss, temperature and alpha per trial)")
     if a.kd == KD_SEARCH and a.alpha == 0:
         raise UserError("--kd search chooses alpha per trial; for labels only use --alpha 0 without --kd search")
+    no_teacher = NO_TEACHER in a.teacher
+    if no_teacher and len(a.teacher) > 1:
+        raise UserError("--teacher none means no teacher: do not give other --teacher values with it")
+    if no_teacher and (a.kd == KD_SEARCH or (a.alpha or 0) > 0):
+        raise UserError("--teacher none trains from labels (with --self-distill, also from the student's own last "
+                        "exit): drop --alpha and --kd search, which weigh a teacher")
+    alpha = 0.0 if no_teacher else (KDSettings().alpha if a.alpha is None else a.alpha)
     return SearchConfig(
         dataset=a.dataset, data_dir=a.data_dir,
         budget_flops=parse_quantity(a.budget, what="--budget"),
@@ -75,8 +85,9 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         space=a.space, trials=a.trials, timeout=a.timeout, seed=a.seed, split_seed=a.split_seed,
         val_size=a.val_size, train_subset=a.train_subset or None, min_steps=a.min_steps,
         train=TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed),
-        kd=KDSettings(loss=a.kd, temperature=a.temperature, alpha=a.alpha),
-        teachers=tuple(_absolute(t) for t in a.teacher), teacher_weights=_weights(a.ensemble_weights),
+        kd=KDSettings(loss=a.kd, temperature=a.temperature, alpha=alpha), self_distill=a.self_distill,
+        teachers=() if no_teacher else tuple(_absolute(t) for t in a.teacher),
+        teacher_weights=_weights(a.ensemble_weights),
         teacher_files=tuple(_absolute(f) for f in a.teacher_weights), teacher_input=a.teacher_input,
         teacher_seed=a.teacher_seed, study_name=a.study_name,
         storage=a.storage or os.environ.get(STORAGE_ENV) or None,
@@ -153,9 +164,14 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
                    "(Optuna chooses loss, temperature and alpha per trial with the architecture)")
     p.add_argument("--temperature", type=float, default=kd.temperature,
                    help=f"KD temperature T (default {kd.temperature:g})")
-    p.add_argument("--alpha", type=float, default=kd.alpha, help=f"KD weight; 0 = labels only (default {kd.alpha:g})")
+    p.add_argument("--alpha", type=float,
+                   help=f"KD weight; 0 = labels only (default {kd.alpha:g}; 0 with --teacher none)")
+    p.add_argument("--self-distill", action="store_true",
+                   help="train each candidate with an exit after every stage but the last, learning from its last "
+                   "exit (Be Your Own Teacher); it is scored, costed and exported without them (see docs/search.md)")
     p.add_argument("--teacher", action="append", default=[], metavar="TEACHER",
-                   help="a recipe (e.g. strong, quick), a TorchScript file, an .onnx model, or "
+                   help="none (labels only, no teacher trained or loaded), a recipe (e.g. strong, quick), a "
+                   "TorchScript file, an .onnx model, or "
                    "pkg.module:factory (with --teacher-weights); several times for an ensemble whose "
                    "logits are averaged (default: the dataset's default teacher)")
     p.add_argument("--teacher-weights", action="append", default=[], metavar="FILE",

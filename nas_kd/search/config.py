@@ -45,6 +45,7 @@ class SearchConfig:
     rungs: int = 3  # fidelities: rung k trains eta**k times rung 0's steps in all (1: one length, early stop)
     eta: int = 3  # growth of the steps per rung, and 1/eta of a rung's results go up
     kd: KDSettings = field(default_factory=KDSettings)
+    self_distill: bool = False  # each candidate trains with an exit after every stage (nas_kd.distill.exits)
     teacher_seed: int = 0
     teachers: tuple[str, ...] = ()  # teacher recipes (several: logits averaged); () = the dataset's default
     teacher_weights: tuple[float, ...] | None = None  # ensemble weights, one per teacher; None = equal

@@ -49,6 +49,7 @@ def flag_values(cfg: SearchConfig) -> dict[str, FlagValue]:
         "--kd": kd.loss,
         "--temperature": _number(kd.temperature),
         "--alpha": _number(kd.alpha),
+        "--self-distill": c.self_distill,
         "--teacher": c.teachers,
         "--teacher-weights": c.teacher_files,
         "--teacher-input": c.teacher_input,

@@ -128,6 +128,7 @@ def identity(cfg: SearchConfig, split: Split, space: SearchSpace) -> dict:
         "budget_latency_us": cfg.budget_latency_us,
         "objective": cfg.objective,
         "memory_convention": MEMORY_CONVENTION,
+        "self_distill": cfg.self_distill,
     }
 
 
@@ -137,6 +138,9 @@ def _check_older_study(study: optuna.Study, cfg: SearchConfig) -> None:
     if recorded is not None and "rungs" not in recorded and cfg.rungs != 1:
         raise UserError(f"study {cfg.name!r} trained every candidate to one length: resume it with --rungs 1 "
                         "and its original settings, or pass a new --study-name")
+    if recorded is not None and "self_distill" not in recorded and cfg.self_distill:
+        raise UserError(f"study {cfg.name!r} was made before --self-distill and trained its candidates without "
+                        "exits: pass a new --study-name")
     new_budgets = cfg.budget_memory or cfg.budget_size or cfg.uses_latency
     if recorded is not None and "objective" not in recorded and new_budgets:
         raise UserError(f"study {cfg.name!r} was made before memory and latency were counted, so its trials "
