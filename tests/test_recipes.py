@@ -289,3 +289,15 @@ def test_exits_need_two_stages_and_no_other_recipe(study_dir, cache_dir, tmp_pat
         assert export(study_dir, cache_dir, *args, "--out", str(tmp_path / "never")) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_report_draws_an_exported_early_exit_curve_beside_the_front(study_dir, cache_dir):
+    from nas_kd.report.cli import main as report_main
+
+    out = study_dir / "ex" / "export-exits"  # a default-style folder inside the study's folder
+    assert export(study_dir, cache_dir, "--exits", "--out", str(out)) == 0
+    assert report_main(["--study-name", "ex", "--studies-dir", str(study_dir), "--no-png"]) == 0
+    page = (study_dir / "ex" / "report.html").read_text()
+    card = json.loads((out / "model_card.json").read_text())
+    assert f"early exit, trial {card['trial']} (test, exported)" in page
+    assert "Dotted diamonds: exported early-exit students" in page

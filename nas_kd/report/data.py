@@ -5,9 +5,11 @@ Everything the page shows is decided here, so it can be checked without drawing 
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -68,6 +70,7 @@ class ReportData:
     budget_size: int | None = None
     budget_latency_us: float | None = None
     latency_method: str | None = None  # how latencies were measured, when they were
+    exit_curves: list[dict] = field(default_factory=list)  # exported early-exit students (early_exit_curves)
 
     @property
     def cost_attr(self) -> str:
@@ -204,3 +207,19 @@ def _importances(study: optuna.Study) -> tuple[dict[str, float], str | None]:
     if not result:
         return {}, "Parameter importances could not be computed: no parameter varies across all trained trials."
     return {k: float(v) for k, v in result.items()}, None
+
+
+def early_exit_curves(out_dir: Path) -> list[dict]:
+    """The early-exit students exported into ``out_dir`` (``export --exits``, default folders): per
+    student, its trial and, per confidence threshold, mean FLOPs per image and test accuracy."""
+    curves = []
+    for card_file in sorted(Path(out_dir).glob("*/model_card.json")):
+        try:
+            card = json.loads(card_file.read_text())
+            table = card["recipe"]["early_exit"]["thresholds"]
+            points = [(row["mean_flops"], row["test_accuracy"], row["threshold"]) for row in table]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not an early-exit export (or not one of ours)
+        curves.append({"trial": card.get("trial"), "folder": card_file.parent.name, "points": points,
+                       "test_accuracy": card.get("test_accuracy")})
+    return curves

@@ -124,6 +124,8 @@ def draw_pareto(data: ReportData) -> go.Figure:
         fig.add_trace(trace, row=2, col=1)
     if x == "flops":
         _draw_teacher(fig, data, "flops")
+        for trace in _exit_traces(data):
+            fig.add_trace(trace, row=1, col=1)
     budget = data.cost_budget
     if budget:
         _budget_line(fig, budget, f"budget {data.cost_text(budget)}")
@@ -136,6 +138,20 @@ def draw_pareto(data: ReportData) -> go.Figure:
         height=620, template="plotly_white", hovermode="closest",
     )
     return fig
+
+
+def _exit_traces(data: ReportData) -> list:
+    """Each exported early-exit student's accuracy against mean FLOPs per image, one point per
+    confidence threshold (test accuracy, after export: not the search's validation proxy)."""
+    traces = []
+    for curve in data.exit_curves:
+        flops, acc, thresholds = zip(*sorted(curve["points"]), strict=True)
+        traces.append(go.Scatter(
+            x=list(flops), y=list(acc), mode="lines+markers", line=dict(dash="dot", width=2),
+            marker=dict(symbol="diamond", size=8), name=f"early exit, trial {curve['trial']} (test, exported)",
+            customdata=[[t] for t in thresholds],
+            hovertemplate="threshold %{customdata[0]}<br>mean FLOPs %{x:,.0f}<br>test %{y:.2%}<extra></extra>"))
+    return traces
 
 
 def _cost_axis(data: ReportData) -> tuple[str, str]:

@@ -6,6 +6,7 @@ the Pareto chart as ``pareto.png``. Every string from the study is escaped here.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import sys
@@ -17,7 +18,7 @@ import plotly.graph_objects as go
 from nas_kd.files import write_text
 from nas_kd.progress import format_seconds
 from nas_kd.quantity import format_bytes, format_quantity
-from nas_kd.report.data import STATUS_ORDER, ReportData, outcome, report_data
+from nas_kd.report.data import STATUS_ORDER, ReportData, early_exit_curves, outcome, report_data
 from nas_kd.report.figures import (
     NO_FEASIBLE,
     draw_history,
@@ -242,6 +243,10 @@ def _pareto_caption(data: ReportData) -> str:
     if data.teacher and data.teacher.get("val_accuracy") is not None:
         text += (f" The {'star' if data.teacher_cost('flops') else 'dashed line'} is the teacher "
                  f"(validation accuracy {data.teacher['val_accuracy']:.2%}).")
+    if data.exit_curves and data.objective == "flops":
+        text += (" Dotted diamonds: exported early-exit students (export --exits), test accuracy against mean "
+                 "FLOPs per image, one point per confidence threshold: after export, so above the search's "
+                 "short-training validation proxy.")
     return text
 
 
@@ -262,7 +267,7 @@ def report_figures(data: ReportData) -> list[Figure]:
 def write_report(study: optuna.Study, out_dir: Path, *, png: bool = True) -> Path:
     """Write ``out_dir/report.html`` and, unless ``png`` is False, ``out_dir/pareto.png`` (a one-line
     note on stderr when the image export is unavailable); return the HTML path."""
-    data = report_data(study)
+    data = dataclasses.replace(report_data(study), exit_curves=early_exit_curves(Path(out_dir)))
     figures = report_figures(data)
     path = write_text(Path(out_dir) / "report.html", render_html(data, figures))
     if png:
