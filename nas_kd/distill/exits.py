@@ -18,7 +18,7 @@ from nas_kd.distill.losses import KDBatch, KDSettings, get_kd_loss, soft_kl
 from nas_kd.model.builder import Student
 from nas_kd.model.layers import ConvBnAct
 from nas_kd.train.batches import Batch
-from nas_kd.train.steps import LossStep, StepInputs, register_step
+from nas_kd.train.steps import LossStep, StepInputs, register_step, teacher_target
 
 SELF_STEP = "self-distill"
 EXITS_FILE = "exits.json"  # in an export folder: the student was shipped with its early exits
@@ -135,13 +135,7 @@ def self_distill_loss(logits: torch.Tensor, labels: torch.Tensor, kd: KDSettings
 @register_step(SELF_STEP)
 def self_distill_step(run: StepInputs) -> LossStep:
     """``self_distill_loss`` against the batch's cached teacher logits, a live teacher, or none."""
-    model, teacher, kd, device = run.model, run.teacher, run.kd, run.device
-
     def loss(b: Batch) -> torch.Tensor:
-        target = b.teacher_logits
-        if target is None and teacher is not None and kd.uses_teacher:
-            with torch.no_grad():
-                target = teacher(b.images)
-        return self_distill_loss(model(b.images), b.labels, kd, None if target is None else target.to(device))
+        return self_distill_loss(run.model(b.images), b.labels, run.kd, teacher_target(b, run))
 
     return LossStep(loss)

@@ -13,7 +13,7 @@ from torch import nn
 
 from nas_kd.distill.losses import KDBatch, KDSettings, get_kd_loss
 from nas_kd.train.batches import Batch
-from nas_kd.train.steps import LossStep, StepInputs, register_step
+from nas_kd.train.steps import LossStep, StepInputs, register_step, teacher_target
 
 MUTUAL_STEP = "mutual"
 
@@ -57,13 +57,7 @@ def mutual_loss(logits: torch.Tensor, labels: torch.Tensor, kd: KDSettings,
 def mutual_step(run: StepInputs) -> LossStep:
     """``mutual_loss`` on the peers' logits, against the batch's cached teacher logits, a live
     teacher, or neither (labels and peers only)."""
-    model, teacher, kd, device = run.model, run.teacher, run.kd, run.device
-
     def loss(b: Batch) -> torch.Tensor:
-        target = b.teacher_logits
-        if target is None and teacher is not None and kd.uses_teacher:
-            with torch.no_grad():
-                target = teacher(b.images)
-        return mutual_loss(model(b.images), b.labels, kd, None if target is None else target.to(device))
+        return mutual_loss(run.model(b.images), b.labels, run.kd, teacher_target(b, run))
 
     return LossStep(loss)

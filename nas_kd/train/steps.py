@@ -76,6 +76,16 @@ def choose_step(kd: KDSettings, *, cached_logits: bool, teacher: nn.Module | Non
     return "features"
 
 
+def teacher_target(b: Batch, run: StepInputs) -> torch.Tensor | None:
+    """The teacher's logits for this batch, on the model's device: cached with the batch, else from a
+    live teacher, else None (labels only, or no teacher)."""
+    target = b.teacher_logits
+    if target is None and run.teacher is not None and run.kd.uses_teacher:
+        with torch.no_grad():
+            target = run.teacher(b.images)
+    return None if target is None else target.to(run.device)
+
+
 def build_step(name: str, inputs: StepInputs) -> LossStep:
     """The step registered as ``name``, built for this run (feature adapters are created here)."""
     return _STEPS[name](inputs)
