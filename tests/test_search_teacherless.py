@@ -69,6 +69,8 @@ def test_self_distill_trains_exits_scores_the_plain_student_and_promotes_with_it
     (["--teacher", "none", "--alpha", "0.5"], "--teacher none trains from labels"),
     (["--teacher", "none", "--kd", "search"], "--teacher none trains from labels"),
     (["--teacher", "none", "--teacher", "quick"], "--teacher none means no teacher"),
+    (["--self-distill", "--kd", "fitnet"], "--self-distill distils soft outputs; --kd fitnet"),
+    (["--self-distill", "--kd", "search"], "--self-distill distils soft outputs; --kd search"),
 ])
 def test_teacher_none_with_teacher_settings_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
     code, _ = _search(tmp_path, *extra)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import optuna
 
-from nas_kd.distill.exits import EXITS_FILE
 from nas_kd.export.card import ablation_entry, machine_entry, model_card, write_card
 from nas_kd.export.deploy import write_deployables
 from nas_kd.export.load import load_student
@@ -77,9 +76,8 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
                          f"KD gains {card['ablation']['kd_gain_points']:+.2f} points")
         check = recipe.split.x_val[:CHECK_IMAGES]
         card.update(write_deployables(student.model, recipe.spec, check, tmp))
-        if card["recipe"].get("exits_kept"):
-            write_json(tmp / EXITS_FILE, {"exits": student.model.n_exits, "outputs": "logits [batch, exits, classes], "
-                                          "the last exit is the student's own classifier"})
+        for name, content in outcome.files.items():  # e.g. exits.json, which load_student reads
+            write_json(tmp / name, content)
         if int8_max_drop is not None:
             card["int8"] = add_int8(tmp, recipe, student.model, max_drop=int8_max_drop, check=check, out=out,
                                     progress=progress)

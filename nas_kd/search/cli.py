@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError  # Optuna's RDB storages raise these
 
 from nas_kd.cli.runner import positive_int, run_command
 from nas_kd.data import dataset_names
-from nas_kd.distill import KD_SEARCH, KDSettings, kd_loss_names
+from nas_kd.distill import KD_SEARCH, KDSettings, kd_loss_names, needs_features
 from nas_kd.errors import UserError
 from nas_kd.model.cost import FLOP_CONVENTION
 from nas_kd.model.latency import parse_duration
@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
     if no_teacher and (a.kd == KD_SEARCH or (a.alpha or 0) > 0):
         raise UserError("--teacher none trains from labels (with --self-distill, also from the student's own last "
                         "exit): drop --alpha and --kd search, which weigh a teacher")
+    if a.self_distill and (a.kd == KD_SEARCH or needs_features(a.kd)):
+        raise UserError(f"--self-distill distils soft outputs; --kd {a.kd} can choose or needs teacher features: "
+                        "use a logit loss such as --kd hinton")
     alpha = 0.0 if no_teacher else (KDSettings().alpha if a.alpha is None else a.alpha)
     return SearchConfig(
         dataset=a.dataset, data_dir=a.data_dir,

@@ -318,8 +318,6 @@ def _record_candidate(trial: optuna.Trial, spec: ArchSpec, cost: CandidateCost, 
             trial.set_user_attr(key, value)
     if cfg.worker_index is not None:
         trial.set_user_attr(Attr.WORKER, cfg.worker_index)
-    if cfg.run_id is not None:
-        trial.set_user_attr(Attr.RUN, cfg.run_id)
     for name, value in overshoot(cost, cfg).items():
         trial.set_constraint(name, value)
 

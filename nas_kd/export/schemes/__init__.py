@@ -14,7 +14,7 @@ and returns the student to ship with its model card entry. Adding one is one mod
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -79,6 +79,7 @@ class SchemeRun:
 class SchemeOutcome:
     student: Trained  # the student shipped
     entry: dict  # the model card's "recipe" entry
+    files: dict[str, dict] = field(default_factory=dict)  # JSON files the export folder ships beside the student
 
 
 Scheme = Callable[[SchemeRun], SchemeOutcome]

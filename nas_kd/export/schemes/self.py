@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from nas_kd.distill.exits import ExitPrefix, ExitStudent
+from nas_kd.distill.exits import EXITS_FILE, ExitPrefix, ExitStudent
 from nas_kd.errors import UserError
 from nas_kd.export.retrain import Trained
 from nas_kd.export.schemes import SchemeOutcome, SchemeRun, register_scheme
@@ -37,7 +37,10 @@ def self_distillation(run: SchemeRun) -> SchemeOutcome:
     if not run.options.exits:
         return SchemeOutcome(Trained(model.student, seconds, final["val_accuracy"], final["test_accuracy"]), entry)
     entry["early_exit"] = early_exit_table(model, split.x_test, split.y_test, split.input_shape)
-    return SchemeOutcome(Trained(model, seconds, final["val_accuracy"], final["test_accuracy"]), entry)
+    exits = {"exits": model.n_exits, "outputs": "logits [batch, exits, classes], the last exit is the student's own "
+             "classifier"}
+    return SchemeOutcome(Trained(model, seconds, final["val_accuracy"], final["test_accuracy"]), entry,
+                         files={EXITS_FILE: exits})
 
 
 def early_exit_table(model: ExitStudent, x: torch.Tensor, y: torch.Tensor, input_shape: tuple[int, ...]) -> dict:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -85,7 +86,7 @@ def teacher_assistant(run: SchemeRun) -> SchemeOutcome:
     return SchemeOutcome(run.trained(student, student_seconds), entry)
 
 
-def _cache_path(run: SchemeRun, spec: ArchSpec):  # noqa: ANN202 - a Path
+def _cache_path(run: SchemeRun, spec: ArchSpec) -> Path:
     """The assistant's weights in the teacher cache, named by everything that shapes them."""
     r = run.recipe
     key = {"assistant": spec.to_dict(), "settings": asdict(r.settings), "kd": asdict(r.kd),
