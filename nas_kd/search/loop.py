@@ -37,8 +37,9 @@ from nas_kd.search.promote import (
     try_claim,
 )
 from nas_kd.search.rungs import promotable
+from nas_kd.search.sampler import make_sampler, rung_scores
 from nas_kd.study.records import INTERRUPTED_REASON, Attr, Status, is_trained
-from nas_kd.study.storage import ask_trial, file_lock, make_sampler
+from nas_kd.study.storage import ask_trial, file_lock
 
 MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial before giving up
 RUN_POLL_SECONDS = 2.0  # how often a worker with no candidate left looks for a promotion due
@@ -79,7 +80,6 @@ class _Loop:
         fail_stale(self.study)
         # resumed runs (and each worker) draw new samples instead of repeating the first run's
         offset = len(self.study.trials) + WORKER_SEED_STRIDE * (self.cfg.worker_index or 0)
-        self.study.sampler = make_sampler(self.cfg.sampler, self.cfg.seed + offset)
         self.known = {  # architecture (and, under --kd search, recipe) -> its trained trial
             _key(t.user_attrs[Attr.SPEC_JSON], t.user_attrs.get(Attr.KD)): t
             for t in self.study.get_trials(deepcopy=False, states=(_TrialState.COMPLETE,))
@@ -90,6 +90,8 @@ class _Loop:
         self.counts = TrialCounts()
         self.unexpected = 0  # trials in a row that crashed for an unknown reason
         self.rungs = open_rungs(self.cfg.name, self.cfg.storage_url) if self.cfg.rungs > 1 else None
+        scores = (lambda: rung_scores(rung_results(self.study, self.rungs))) if self.rungs is not None else None
+        self.study.sampler = make_sampler(self.cfg.sampler, self.cfg.seed + offset, scores)
         self.start = time.perf_counter()
 
     def until_done(self) -> TrialCounts:

@@ -31,17 +31,6 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The samplers a user can choose; all of them honour trial constraints (FLOPs, params)."""
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
-    return optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=10
-    )
-
-
 # A RUNNING trial whose worker is silent for the grace period is failed by the next worker that
 # asks for a trial (or by the next run). Tests shorten both through the environment.
 HEARTBEAT_SECONDS = int(os.environ.get("NAS_KD_HEARTBEAT_SECONDS", "20"))

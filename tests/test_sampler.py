@@ -1,0 +1,66 @@
+"""The default sampler learns from each candidate's longest rung (nas_kd.search.sampler)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from nas_kd.search.rungs import RungResult
+from nas_kd.search.sampler import RungAwareTPESampler, make_sampler, rung_scores
+
+
+def test_a_candidate_is_scored_at_its_longest_rung_less_that_rungs_median_gain():
+    results = [RungResult(0, 0, 0.80, 1), RungResult(0, 1, 0.86, 1),  # gain 0.06
+               RungResult(1, 0, 0.70, 2), RungResult(1, 1, 0.84, 2),  # gain 0.14: a slow starter
+               RungResult(2, 0, 0.82, 3), RungResult(2, 1, 0.84, 3),  # gain 0.02
+               RungResult(3, 0, 0.75, 4),  # never promoted
+               RungResult(4, 1, 0.9, 5)]  # no rung 0 (cannot be put on its scale)
+    scores = rung_scores(results)
+    assert set(scores) == {0, 1, 2, 3}
+    assert scores[0] == pytest.approx(0.86 - 0.06)
+    assert scores[1] == pytest.approx(0.84 - 0.06)  # up from 0.70: it gained more than is usual
+    assert scores[2] == pytest.approx(0.84 - 0.06)  # down from 0.82
+    assert scores[3] == pytest.approx(0.75)
+
+
+def test_with_one_promotion_its_score_is_its_own_rung_zero():
+    assert rung_scores([RungResult(0, 0, 0.8, 1), RungResult(0, 2, 0.9, 1)]) == {0: pytest.approx(0.8)}
+
+
+def _study_where_a_leads_at_rung_zero(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for i in range(24):
+        x = "a" if i % 2 else "b"
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": x, "y": float(i % 5)}, values=[0.9 if x == "a" else 0.5, 1.0],
+            distributions={"x": optuna.distributions.CategoricalDistribution(["a", "b"]),
+                           "y": optuna.distributions.FloatDistribution(0, 4)}))
+    return study
+
+
+def _share_of_b(study: optuna.Study) -> float:
+    picks = []
+    for _ in range(30):
+        trial = study.ask({"x": optuna.distributions.CategoricalDistribution(["a", "b"]),
+                           "y": optuna.distributions.FloatDistribution(0, 4)})
+        picks.append(trial.params["x"])
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return picks.count("b") / len(picks)
+
+
+def test_the_model_follows_the_rescored_values_not_the_told_ones():
+    # the rungs say b is the better design although a led at rung 0: the sampler must follow them
+    flipped = {i: (0.4 if i % 2 else 0.95) for i in range(24)}
+    rung_aware = _study_where_a_leads_at_rung_zero(RungAwareTPESampler(lambda: flipped, seed=0, multivariate=True,
+                                                                       group=True, n_startup_trials=10))
+    plain = _study_where_a_leads_at_rung_zero(make_sampler("tpe", 0))
+    assert _share_of_b(rung_aware) > 0.7
+    assert _share_of_b(plain) < 0.3
+    # the study itself keeps what was measured
+    assert {t.values[0] for t in rung_aware.trials if t.values} == {0.9, 0.5}
+
+
+def test_the_default_tpe_is_rung_aware_only_when_given_scores():
+    assert type(make_sampler("tpe", 0)) is optuna.samplers.TPESampler
+    assert isinstance(make_sampler("tpe", 0, lambda: {}), RungAwareTPESampler)
+    assert isinstance(make_sampler("random", 0, lambda: {}), optuna.samplers.RandomSampler)
