@@ -63,4 +63,5 @@ def test_the_model_follows_the_rescored_values_not_the_told_ones():
 def test_the_default_tpe_is_rung_aware_only_when_given_scores():
     assert type(make_sampler("tpe", 0)) is optuna.samplers.TPESampler
     assert isinstance(make_sampler("tpe", 0, lambda: {}), RungAwareTPESampler)
+    assert type(make_sampler("tpe-rung0", 0, lambda: {})) is optuna.samplers.TPESampler
     assert isinstance(make_sampler("random", 0, lambda: {}), optuna.samplers.RandomSampler)

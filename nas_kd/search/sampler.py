@@ -38,7 +38,9 @@ def make_sampler(name: str, seed: int,
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     options: dict[str, Any] = dict(seed=seed, multivariate=True, group=True, constant_liar=True,
                                    n_startup_trials=STARTUP_TRIALS)
-    return optuna.samplers.TPESampler(**options) if scores is None else RungAwareTPESampler(scores, **options)
+    if name == "tpe-rung0" or scores is None:
+        return optuna.samplers.TPESampler(**options)
+    return RungAwareTPESampler(scores, **options)
 
 
 def rung_scores(results: Iterable[RungResult]) -> dict[int, float]:
