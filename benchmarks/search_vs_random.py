@@ -76,7 +76,9 @@ def timeline(storage: str, name: str) -> tuple[list[tuple[float, int, float, flo
               for t in study.trials if is_trained(t) and is_feasible(t)]
     try:
         rungs = optuna.load_study(study_name=name + RUNGS_SUFFIX, storage=storage)
-        events += [(t.datetime_complete, t.user_attrs[Attr.SOURCE], t.values[0], t.user_attrs[Attr.FLOPS])
+        # a promotion records its cost axis (Attr.COST), not FLOPs: take them from its candidate
+        flops = {n: f for _, n, _, f in events}
+        events += [(t.datetime_complete, t.user_attrs[Attr.SOURCE], t.values[0], flops[t.user_attrs[Attr.SOURCE]])
                    for t in rungs.trials if t.state == optuna.trial.TrialState.COMPLETE]
     except KeyError:
         pass

@@ -60,8 +60,8 @@ def test_the_model_follows_the_rescored_values_not_the_told_ones():
     assert {t.values[0] for t in rung_aware.trials if t.values} == {0.9, 0.5}
 
 
-def test_the_default_tpe_is_rung_aware_only_when_given_scores():
-    assert type(make_sampler("tpe", 0)) is optuna.samplers.TPESampler
-    assert isinstance(make_sampler("tpe", 0, lambda: {}), RungAwareTPESampler)
-    assert type(make_sampler("tpe-rung0", 0, lambda: {})) is optuna.samplers.TPESampler
+def test_only_tpe_rungs_is_rung_aware_and_only_when_given_scores():
+    assert type(make_sampler("tpe", 0, lambda: {})) is optuna.samplers.TPESampler
+    assert isinstance(make_sampler("tpe-rungs", 0, lambda: {}), RungAwareTPESampler)
+    assert type(make_sampler("tpe-rungs", 0)) is optuna.samplers.TPESampler  # one rung: nothing to rescore
     assert isinstance(make_sampler("random", 0, lambda: {}), optuna.samplers.RandomSampler)

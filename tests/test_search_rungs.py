@@ -138,3 +138,22 @@ def test_bad_rung_settings_are_one_clear_line(tmp_path, cache_dir, capsys, flags
     assert _search(tmp_path, cache_dir, "--trials", "1", *flags) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --rungs must be at least 1 and --eta at least 2") and "Traceback" not in err
+
+
+def test_tpe_rungs_models_the_longest_rungs_in_a_real_search(tmp_path, cache_dir, monkeypatch):
+    import nas_kd.search.loop as loop
+
+    seen = []
+
+    def spy(results):
+        scores = real(results)
+        seen.append((scores, {r.candidate for r in results if r.rung > 0}))
+        return scores
+
+    real = loop.rung_scores
+    monkeypatch.setattr(loop, "rung_scores", spy)
+    assert _search(tmp_path, cache_dir, "--trials", "13", "--sampler", "tpe-rungs") == 0
+    study, rungs = _studies(tmp_path)
+    # TPE modelled (after its 10 random candidates) from scores that put promoted candidates at their longest rung
+    assert seen and any(promoted and set(scores) >= promoted for scores, promoted in seen)
+    assert len([t for t in study.trials if t.values]) >= 13 and _done(rungs)

@@ -90,7 +90,8 @@ class _Loop:
         self.counts = TrialCounts()
         self.unexpected = 0  # trials in a row that crashed for an unknown reason
         self.rungs = open_rungs(self.cfg.name, self.cfg.storage_url) if self.cfg.rungs > 1 else None
-        scores = (lambda: rung_scores(rung_results(self.study, self.rungs))) if self.rungs is not None else None
+        scores = ((lambda: rung_scores(rung_results(self.study, self.rungs)))
+                  if self.rungs is not None and self.cfg.sampler == "tpe-rungs" else None)
         self.study.sampler = make_sampler(self.cfg.sampler, self.cfg.seed + offset, scores)
         self.start = time.perf_counter()
 
