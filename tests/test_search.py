@@ -89,6 +89,8 @@ def test_a_diverging_trial_fails_alone_with_its_reason(tmp_path, cache_dir, caps
      (["--params", "lots"], "cannot read --params"),
      (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
      (["--budget", "1k"], "below the cheapest architecture"),
+     (["--budget", "1k"], "or use a smaller --space (e.g. --space default-v2, whose stems may stride 2)"),
+     (["--budget", "1k", "--space", "default-v2"], "or use a smaller --space\n"),
      (["--params", "10"], "parameter budget"),
      (["--study-name", "../escape"], "study name"),
      (["--alpha", "2"], "--alpha must be in"),

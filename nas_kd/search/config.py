@@ -54,7 +54,7 @@ class SearchConfig:
     study_name: str | None = None
     storage: str | None = None  # any Optuna storage URL; default SQLite in studies_dir
     studies_dir: str = "studies"
-    sampler: str = "tpe"
+    sampler: str = "random"  # measured: TPE told rung 0 drifts to the cheapest students (benchmarks/RESULTS.md)
     warm_start: bool = True  # a new study trains the space's hand designs first
     early_stop: bool = True  # with one rung: stop half-way a candidate that cannot reach the front
     cache_dir: str | None = None  # teachers and their logits; default ~/.cache/nas_kd

@@ -160,11 +160,13 @@ def _device(name: str) -> torch.device:
 def _check_budget(cfg: SearchConfig, space: SearchSpace, split: Split) -> None:
     """Refuse at once a budget that not even the space's cheapest architecture fits."""
     spec, min_flops = space.cheapest(split.input_shape, split.num_classes)
+    # the default space keeps the input's full resolution in its stem; its predecessor does not
+    smaller = " (e.g. --space default-v2, whose stems may stride 2)" if cfg.space == "default" else ""
     if cfg.budget_flops < min_flops:
         raise UserError(
             f"budget {format_quantity(cfg.budget_flops)} FLOPs is below the cheapest architecture of "
             f"space '{space.name}' at input {tuple(split.input_shape)}: {format_quantity(min_flops)} FLOPs "
-            f"({spec.summary()}). Raise --budget to at least {min_flops} or use a smaller --space"
+            f"({spec.summary()}). Raise --budget to at least {min_flops} or use a smaller --space{smaller}"
         )
     for budget, what, flag in ((cfg.budget_memory, "peak_memory", "--memory-budget"),
                                (cfg.budget_size, "model_size", "--size-budget")):
@@ -175,7 +177,7 @@ def _check_budget(cfg: SearchConfig, space: SearchSpace, split: Split) -> None:
                 raise UserError(
                     f"{flag} {format_bytes(budget)} is below the smallest int8 {what.replace('_', ' ')} of space "
                     f"'{space.name}' at input {tuple(split.input_shape)}: {format_bytes(need)} ({least.summary()}). "
-                    f"Raise {flag} to at least {need} bytes or use a smaller --space"
+                    f"Raise {flag} to at least {need} bytes or use a smaller --space{smaller}"
                 )
     if cfg.budget_params is not None:
         params = count_cost(build_student(spec), split.input_shape).params
