@@ -23,7 +23,7 @@ from nas_kd.data import default_val_size, load_dataset, split_dataset
 from nas_kd.distill.losses import KDSettings
 from nas_kd.model.builder import build_student
 from nas_kd.model.cost import count_cost
-from nas_kd.model.spec import ArchSpec
+from nas_kd.model.spec import ArchSpec, parse_summary
 from nas_kd.progress import Progress
 from nas_kd.teacher import kd_targets, load_teacher
 from nas_kd.train import TrainSettings, accuracy, train_model
@@ -35,6 +35,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--design", help="a name in benchmarks/hand_designs.json")
     p.add_argument("--spec", help="or a spec JSON file (e.g. an export's spec.json)")
+    p.add_argument("--line", help="or an architecture line, e.g. 'stem24/s1 | ds k3 c32 s2 x1 | fc | relu'")
+    p.add_argument("--checkpoint", help="checkpoint file: saved every epoch, and the same command resumes from it")
     p.add_argument("--mode", choices=("kd", "labels"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=float, default=20)
@@ -50,6 +52,8 @@ def main() -> None:
     if a.spec:
         spec = ArchSpec.from_json(Path(a.spec).read_text())
         name = a.spec
+    elif a.line:
+        spec, name = parse_summary(a.line, 1, 10), a.line
     else:
         spec = ArchSpec.from_dict(json.loads((HERE / "hand_designs.json").read_text())[a.design])
         name = a.design
@@ -77,7 +81,8 @@ def main() -> None:
         progress.status(f"{a.mode} seed {a.seed}: step {step}/{total} loss {loss:.3f} "
                         f"{time.perf_counter() - start:.0f}s")
 
-    result = train_model(model, split.x_train, split.y_train, settings, kd=kd, on_step=on_step, **targets)
+    result = train_model(model, split.x_train, split.y_train, settings, kd=kd, on_step=on_step,
+                         checkpoint=Path(a.checkpoint) if a.checkpoint else None, **targets)
     row = {
         "date": date.today().isoformat(), "machine": f"{platform.node()} {torch.get_num_threads()} thread(s)",
         "design": name, "flops": count_cost(build_student(spec), split.input_shape).flops, "mode": a.mode,
