@@ -1,8 +1,11 @@
 """Where a search trial's time goes (benchmark 4), measured on a real search run:
 
-1. a search runs in this process with timers around each stage of the trial path (sampling,
-   cost counting, building, the student's forward / backward / optimiser step, the rest of the
-   training loop, evaluation) and the remainder of each trial's wall time (storage, logging);
+1. a search with the default protocol (rungs and promotions, the whole training split; warm start
+   off, so every candidate is sampled) runs in this process with timers around each stage of the
+   trial path: sampling, cost counting, building, the student's forward / backward / optimiser step,
+   the rest of the training loop, evaluation after rung 0 and after each promotion, checkpoint saves
+   and the loads a promotion resumes from, the weights file, the promotion bookkeeping in the study
+   (reading rung results, claiming, recording), and the remainder of the wall time (storage, logging);
 2. KD trial time over label-only trial time: the same candidates trained both ways, alternating;
 3. our training loop's samples/s over a bare hand-written PyTorch loop on the same models.
 
@@ -27,8 +30,10 @@ import optuna
 import torch
 from csv_rows import append_rows
 
+import nas_kd.search.budget as budget
 import nas_kd.search.candidate as candidate
 import nas_kd.search.loop as trial_loop
+import nas_kd.train.loop as train_loop
 from nas_kd.distill.losses import KDSettings
 from nas_kd.model.builder import build_student
 from nas_kd.model.spec import ArchSpec
@@ -54,15 +59,32 @@ def _timed(name: str, fn):  # noqa: ANN001, ANN202
     return wrapper
 
 
+PHASE = "rung 0"  # what the process is doing: a candidate's first rung, or a promotion
+
+
+def _phase(name: str, fn):  # noqa: ANN001, ANN202
+    """Run ``fn`` as phase ``name``: training and evaluation inside it are booked under that name."""
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        global PHASE
+        PHASE = name
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            PHASE = "rung 0"
+    return wrapper
+
+
 def _eval_timer(fn):  # noqa: ANN001, ANN202
-    """Evaluation, split by where it happens: after training, or half-way (early stopping), which
-    also sits inside the training loop's time and is taken out of the loop's remainder."""
+    """Evaluation, split by where it happens: half-way (early stopping, one-rung searches only; it
+    also sits inside the training loop's time and is taken out of the loop's remainder), after rung 0,
+    or after a promotion."""
     def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            where = "evaluation: half-way (early stopping)" if IN_TRAINING else "evaluation: after training"
+            where = ("evaluation: half-way (early stopping)" if IN_TRAINING
+                     else f"evaluation: after {PHASE} (5,000 validation images)")
             TIMES[where] += time.perf_counter() - start
     return wrapper
 
@@ -71,10 +93,12 @@ def _training_timer(fn):  # noqa: ANN001, ANN202
     def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         global IN_TRAINING
         IN_TRAINING = True
+        start = time.perf_counter()
         try:
-            return _timed("training (whole loop)", fn)(*args, **kwargs)
+            return fn(*args, **kwargs)
         finally:
             IN_TRAINING = False
+            TIMES[f"training loop: {PHASE}"] += time.perf_counter() - start
     return wrapper
 
 
@@ -94,10 +118,16 @@ def profile_search(cfg: SearchConfig) -> tuple[dict[str, float], int, float]:
     """Run ``cfg`` with timers in place; return seconds per stage, trials trained and total wall time."""
     patches = {  # (module that calls it, name): timer
         (trial_loop, "build_student"): lambda f: _timed("building", lambda spec: _hook_student(f(spec))),
-        (candidate, "analytic_flops"): lambda f: _timed("cost: analytic screen", f),
-        (candidate, "count_cost"): lambda f: _timed("cost: fvcore count", f),
+        (budget, "walk_spec"): lambda f: _timed("cost: analytic screen (FLOPs and int8 footprint)", f),
+        (budget, "count_cost"): lambda f: _timed("cost: fvcore count", f),
+        (trial_loop, "train_promotion"): lambda f: _phase("a promotion", f),
         (candidate, "train_model"): _training_timer,
         (candidate, "accuracy"): _eval_timer,
+        (train_loop, "save_checkpoint"): lambda f: _timed("checkpoint: save (every epoch and each rung's end)", f),
+        (train_loop, "load_checkpoint"): lambda f: _timed("checkpoint: load (a promotion resumes)", f),
+        (trial_loop, "save_weights"): lambda f: _timed("weights file: save (each rung's end)", f),
+        **{(trial_loop, name): (lambda f: _timed("promotion bookkeeping (rung results, claim, record)", f))
+           for name in ("rung_results", "promoted", "try_claim", "claim_trial", "record_rung")},
     }
     saved = {where: getattr(*where) for where in patches}
     saved_backward, saved_step = torch.Tensor.backward, torch.optim.SGD.step
@@ -181,8 +211,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--train-subset", type=int, default=5000)
-    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--train-subset", type=int, help="training images per trial (default: the whole split)")
+    p.add_argument("--epochs", type=float, help="rung 0's length (default: the search's)")
     p.add_argument("--rounds", type=int, default=2, help="repeats of each side-by-side comparison")
     p.add_argument("--out", default=str(HERE / "trial_profile.csv"))
     a = p.parse_args()
@@ -195,21 +225,30 @@ def main() -> None:
                      "value": round(value, 4), "unit": unit})
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = SearchConfig(trials=a.trials, train_subset=a.train_subset, min_steps=0, threads=a.threads,
-                           train=TrainSettings(epochs=a.epochs, lr=0.1), studies_dir=tmp, study_name="profile",
-                           warm_start=False)
+        # the default protocol (rungs, the whole training split); --train-subset/--epochs shrink it
+        defaults = SearchConfig()
+        train = TrainSettings(epochs=a.epochs or defaults.train.epochs, lr=defaults.train.lr)
+        cfg = SearchConfig(trials=a.trials, train_subset=a.train_subset, threads=a.threads, train=train,
+                           studies_dir=tmp, study_name="profile", warm_start=False)
         times, trained, wall = profile_search(cfg)
-        loop = times["training (whole loop)"]
+        loops = {k: v for k, v in times.items() if k.startswith("training loop: ")}
         inner = times["student forward"] + times["student backward"] + times["optimiser step"]
-        parts = {k: v for k, v in times.items() if k != "training (whole loop)"}
-        parts["training: rest of the loop (batches, augmentation, loss, zero_grad)"] = (
-            loop - inner - times.get("evaluation: half-way (early stopping)", 0.0))
+        saves = sum(v for k, v in times.items() if k.startswith("checkpoint: "))
+        parts = {k: v for k, v in times.items() if k not in loops}
+        parts["training: rest of the loop (batches, loss, zero_grad, schedule)"] = (
+            sum(loops.values()) - inner - saves - times.get("evaluation: half-way (early stopping)", 0.0))
         parts["storage, logging, other"] = wall - sum(parts.values())
-        print(f"1. where the time goes: {trained} trials trained in {wall:.1f} s "
-              f"({wall / max(1, trained):.1f} s per trained trial)")
+        promoted = sum(1 for t in optuna.load_study(study_name="profile.rungs", storage=cfg.storage_url).trials
+                       if t.state == optuna.trial.TrialState.COMPLETE)
+        print(f"1. where the time goes: {trained} candidates and {promoted} promotions trained in {wall:.1f} s "
+              f"({wall / max(1, trained):.1f} s per candidate); of the training loops, "
+              + ", ".join(f"{k[15:]} {v:.1f} s" for k, v in loops.items()))
         for k, v in sorted(parts.items(), key=lambda kv: -kv[1]):
             print(f"   {k:<70s} {v:8.2f} s  {v / wall:6.1%}")
             record("time share", k, v / wall, "fraction of trial wall time")
+        for k, v in loops.items():
+            record("training seconds", k, v, "s")
+        record("time share", "promotions trained", promoted, "count")
         record("time share", "wall seconds per trained trial", wall / max(1, trained), "s")
 
         cfg = replace(cfg, study_name="profile")
