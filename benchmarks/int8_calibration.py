@@ -1,0 +1,105 @@
+"""How much an export's int8 accuracy depends on its calibration: the fp32 ``model.onnx`` of finished
+exports quantized as ``nas_kd.export --int8`` does it (QDQ, per-channel int8 weights, uint8
+activations), varying only the calibration (which and how many training images, MinMax or
+percentile ranges), each scored on validation in onnxruntime. Trains nothing; appends to
+benchmarks/int8_calibration.csv.
+
+    python benchmarks/int8_calibration.py --folders /path/export-a /path/export-b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from csv_rows import append_rows
+
+from nas_kd.cli.runner import quiet_libraries, set_threads
+from nas_kd.data import load_dataset, split_dataset
+from nas_kd.export.deploy import onnx_session
+from nas_kd.export.quantize import CALIBRATION_BATCH, calibration_images
+
+HERE = Path(__file__).parent
+# name: (calibration seed, images, method, percentile)
+SETTINGS = {
+    "minmax-512-seed0": (0, 512, "MinMax", None),
+    "minmax-512-seed1": (1, 512, "MinMax", None),
+    "minmax-2048-seed0": (0, 2048, "MinMax", None),
+    "percentile99.99-512-seed0": (0, 512, "Percentile", 99.99),
+    "percentile99.999-512-seed0": (0, 512, "Percentile", 99.999),
+    "entropy-512-seed0": (0, 512, "Entropy", None),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--folders", nargs="+", required=True, help="finished export folders (model.onnx, model_card.json)")
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--data-dir")
+    p.add_argument("--out", default=str(HERE / "int8_calibration.csv"))
+    a = p.parse_args(argv)
+    quiet_libraries()
+    set_threads(1)
+    for folder in map(Path, a.folders):
+        card = json.loads((folder / "model_card.json").read_text())
+        ds = card["dataset"]
+        split = split_dataset(load_dataset(ds["dataset"], a.data_dir), val_size=ds["val_size"], seed=ds["split_seed"])
+        fp32 = _val_accuracy(folder / "model.onnx", split)
+        rows = []
+        for name in a.settings:
+            acc = _quantized_accuracy(folder / "model.onnx", split, *SETTINGS[name])
+            rows.append({"date": date.today().isoformat(), "folder": str(folder), "architecture": card["architecture"],
+                         "seed": card["training"]["seed"], "setting": name, "fp32_val_accuracy": round(fp32, 4),
+                         "int8_val_accuracy": round(acc, 4), "val_drop_points": round(100 * (fp32 - acc), 2)})
+            print(", ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
+        append_rows(Path(a.out), rows)
+    return 0
+
+
+def _val_accuracy(path: Path, split) -> float:  # noqa: ANN001 - a Split
+    session = onnx_session(path)
+    top1 = np.concatenate([session.run(None, {"images": b.numpy()})[0].argmax(1) for b in split.x_val.split(256)])
+    return float((top1 == split.y_val.numpy()).mean())
+
+
+def _quantized_accuracy(fp32: Path, split, seed: int, n: int, method: str, percentile: float | None) -> float:  # noqa: ANN001
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    images = calibration_images(split, seed, n)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(images.split(CALIBRATION_BATCH))
+
+        def get_next(self) -> dict | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {"images": batch.numpy()}
+
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared, target = Path(scratch) / "prepared.onnx", Path(scratch) / "int8.onnx"
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(str(prepared), str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method),
+                        extra_options={"CalibPercentile": percentile} if percentile else {})
+        return _val_accuracy(target, split)
+
+
+if __name__ == "__main__":
+    start = time.perf_counter()
+    code = main()
+    print(f"done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    sys.exit(code)
