@@ -5,6 +5,11 @@ percentile ranges), each scored on validation in onnxruntime. Trains nothing; ap
 benchmarks/int8_calibration.csv.
 
     python benchmarks/int8_calibration.py --folders /path/export-a /path/export-b
+    python benchmarks/int8_calibration.py --folders /path/export-a --leave-one-out   # which layer loses it
+
+``--leave-one-out`` quantizes with the export's calibration (MinMax, 512 images, the export's seed) but
+keeps one node in float at a time (each Conv and Gemm node in turn; the hard-swish nodes the pre-processing adds have no names to exclude): the nodes whose
+exclusion recovers most accuracy are where int8 loses it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--folders", nargs="+", required=True, help="finished export folders (model.onnx, model_card.json)")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--leave-one-out", action="store_true", help="keep one node in float at a time instead")
     p.add_argument("--data-dir")
     p.add_argument("--out", default=str(HERE / "int8_calibration.csv"))
     a = p.parse_args(argv)
@@ -52,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         split = split_dataset(load_dataset(ds["dataset"], a.data_dir), val_size=ds["val_size"], seed=ds["split_seed"])
         fp32 = _val_accuracy(folder / "model.onnx", split)
         rows = []
-        for name in a.settings:
-            acc = _quantized_accuracy(folder / "model.onnx", split, *SETTINGS[name])
+        seed = card["training"]["seed"]
+        runs = ({f"float {node}": (seed, 512, "MinMax", None, (node,)) for node in _nodes(folder / "model.onnx")}
+                if a.leave_one_out else {name: SETTINGS[name] for name in a.settings})
+        for name, setting in runs.items():
+            acc = _quantized_accuracy(folder / "model.onnx", split, *setting)
             rows.append({"date": date.today().isoformat(), "folder": str(folder), "architecture": card["architecture"],
-                         "seed": card["training"]["seed"], "setting": name, "fp32_val_accuracy": round(fp32, 4),
+                         "seed": seed, "setting": name, "fp32_val_accuracy": round(fp32, 4),
                          "int8_val_accuracy": round(acc, 4), "val_drop_points": round(100 * (fp32 - acc), 2)})
             print(", ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
         append_rows(Path(a.out), rows)
@@ -68,7 +77,19 @@ def _val_accuracy(path: Path, split) -> float:  # noqa: ANN001 - a Split
     return float((top1 == split.y_val.numpy()).mean())
 
 
-def _quantized_accuracy(fp32: Path, split, seed: int, n: int, method: str, percentile: float | None) -> float:  # noqa: ANN001
+def _nodes(path: Path) -> list[str]:
+    """The names of the nodes that hold weights, in graph order, as the quantizer sees them."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as scratch:
+        quant_pre_process(str(path), f"{scratch}/prepared.onnx")
+        graph = onnx.load(f"{scratch}/prepared.onnx").graph
+    return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm")]
+
+
+def _quantized_accuracy(fp32: Path, split, seed: int, n: int, method: str, percentile: float | None,  # noqa: ANN001
+                        keep_float: tuple[str, ...] = ()) -> float:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -93,7 +114,7 @@ def _quantized_accuracy(fp32: Path, split, seed: int, n: int, method: str, perce
         quant_pre_process(str(fp32), str(prepared))
         quantize_static(str(prepared), str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, method),
+                        calibrate_method=getattr(CalibrationMethod, method), nodes_to_exclude=list(keep_float),
                         extra_options={"CalibPercentile": percentile} if percentile else {})
         return _val_accuracy(target, split)
 
