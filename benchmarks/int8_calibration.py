@@ -8,8 +8,9 @@ benchmarks/int8_calibration.csv.
     python benchmarks/int8_calibration.py --folders /path/export-a --leave-one-out   # which layer loses it
 
 ``--leave-one-out`` quantizes with the export's calibration (MinMax, 512 images, the export's seed) but
-keeps one node in float at a time (each Conv and Gemm node in turn; the hard-swish nodes the pre-processing adds have no names to exclude): the nodes whose
-exclusion recovers most accuracy are where int8 loses it.
+keeps one node in float at a time (each Conv and Gemm node in turn; the hard-swish nodes that the
+pre-processing adds have no names to exclude): the nodes whose exclusion recovers most accuracy are
+where int8 loses it.
 """
 
 from __future__ import annotations
