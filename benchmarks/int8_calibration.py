@@ -23,13 +23,12 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 from csv_rows import append_rows
 
 from nas_kd.cli.runner import quiet_libraries, set_threads
 from nas_kd.data import load_dataset, split_dataset
-from nas_kd.export.deploy import onnx_session
-from nas_kd.export.quantize import CALIBRATION_BATCH, calibration_images
+from nas_kd.errors import UserError
+from nas_kd.export.quantize import CALIBRATION_IMAGES, calibration_images, quantize_onnx, score
 
 HERE = Path(__file__).parent
 # name: (calibration seed, images, method, percentile)
@@ -54,28 +53,35 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     set_threads(1)
     for folder in map(Path, a.folders):
-        card = json.loads((folder / "model_card.json").read_text())
-        ds = card["dataset"]
-        split = split_dataset(load_dataset(ds["dataset"], a.data_dir), val_size=ds["val_size"], seed=ds["split_seed"])
-        fp32 = _val_accuracy(folder / "model.onnx", split)
-        rows = []
-        seed = card["training"]["seed"]
-        runs = ({f"float {node}": (seed, 512, "MinMax", None, (node,)) for node in _nodes(folder / "model.onnx")}
-                if a.leave_one_out else {name: SETTINGS[name] for name in a.settings})
-        for name, setting in runs.items():
-            acc = _quantized_accuracy(folder / "model.onnx", split, *setting)
-            rows.append({"date": date.today().isoformat(), "folder": str(folder), "architecture": card["architecture"],
-                         "seed": seed, "setting": name, "fp32_val_accuracy": round(fp32, 4),
-                         "int8_val_accuracy": round(acc, 4), "val_drop_points": round(100 * (fp32 - acc), 2)})
-            print(", ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
+        try:
+            rows = _rows(folder, a)
+        except (UserError, OSError, KeyError) as err:
+            print(f"error: {folder}: not a finished export folder or unreadable ({err})", file=sys.stderr)
+            return 2
         append_rows(Path(a.out), rows)
     return 0
 
 
+def _rows(folder: Path, a: argparse.Namespace) -> list[dict]:
+    card = json.loads((folder / "model_card.json").read_text())
+    ds, seed = card["dataset"], card["training"]["seed"]
+    split = split_dataset(load_dataset(ds["dataset"], a.data_dir), val_size=ds["val_size"], seed=ds["split_seed"])
+    fp32 = _val_accuracy(folder / "model.onnx", split)
+    fp32_file = folder / "model.onnx"
+    runs = ({f"float {node}": (seed, CALIBRATION_IMAGES, "MinMax", None, (node,)) for node in _nodes(fp32_file)}
+            if a.leave_one_out else {name: SETTINGS[name] for name in a.settings})
+    rows = []
+    for name, setting in runs.items():
+        acc = _quantized_accuracy(folder / "model.onnx", split, *setting)
+        rows.append({"date": date.today().isoformat(), "folder": str(folder), "architecture": card["architecture"],
+                     "seed": seed, "setting": name, "fp32_val_accuracy": round(fp32, 4),
+                     "int8_val_accuracy": round(acc, 4), "val_drop_points": round(100 * (fp32 - acc), 2)})
+        print(", ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
+    return rows
+
+
 def _val_accuracy(path: Path, split) -> float:  # noqa: ANN001 - a Split
-    session = onnx_session(path)
-    top1 = np.concatenate([session.run(None, {"images": b.numpy()})[0].argmax(1) for b in split.x_val.split(256)])
-    return float((top1 == split.y_val.numpy()).mean())
+    return score(path, split, split.x_val[:1]).val_accuracy
 
 
 def _nodes(path: Path) -> list[str]:
@@ -91,32 +97,14 @@ def _nodes(path: Path) -> list[str]:
 
 def _quantized_accuracy(fp32: Path, split, seed: int, n: int, method: str, percentile: float | None,  # noqa: ANN001
                         keep_float: tuple[str, ...] = ()) -> float:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """``fp32`` quantized as the export does but for the calibration given, scored on validation."""
+    from onnxruntime.quantization import CalibrationMethod
 
-    images = calibration_images(split, seed, n)
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter(images.split(CALIBRATION_BATCH))
-
-        def get_next(self) -> dict | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {"images": batch.numpy()}
-
+    calibration = {"calibrate_method": getattr(CalibrationMethod, method), "nodes_to_exclude": list(keep_float),
+                   "extra_options": {"CalibPercentile": percentile} if percentile else {}}
     with tempfile.TemporaryDirectory() as scratch:
-        prepared, target = Path(scratch) / "prepared.onnx", Path(scratch) / "int8.onnx"
-        quant_pre_process(str(fp32), str(prepared))
-        quantize_static(str(prepared), str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, method), nodes_to_exclude=list(keep_float),
-                        extra_options={"CalibPercentile": percentile} if percentile else {})
+        target = Path(scratch) / "int8.onnx"
+        quantize_onnx(fp32, target, calibration_images(split, seed, n), calibration=calibration)
         return _val_accuracy(target, split)
 
 

@@ -49,10 +49,13 @@ def calibration_images(split: Split, seed: int, n: int = CALIBRATION_IMAGES) -> 
     return split.x_train[index].contiguous()
 
 
-def quantize_onnx(fp32: Path, target: Path, images: torch.Tensor, *, activations: str = "uint8") -> None:
+def quantize_onnx(fp32: Path, target: Path, images: torch.Tensor, *, activations: str = "uint8",
+                  calibration: dict | None = None) -> None:
     """``fp32`` quantized statically into ``target`` (``SCHEME``), its activation ranges read from
-    ``images``; ``activations="int8"`` stores them signed instead (benchmarks/int8.py compares).
-    Raises UserError naming the failure when onnxruntime's quantizer rejects the model."""
+    ``images``; ``activations="int8"`` stores them signed instead (benchmarks/int8.py compares), and
+    ``calibration`` adds ``quantize_static`` keywords such as ``calibrate_method`` or
+    ``nodes_to_exclude`` (benchmarks/int8_calibration.py compares). Raises UserError naming the
+    failure when onnxruntime's quantizer rejects the model."""
     fp32, target = Path(fp32).resolve(), Path(target).resolve()  # it runs in a scratch folder
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -73,7 +76,7 @@ def quantize_onnx(fp32: Path, target: Path, images: torch.Tensor, *, activations
             quant_pre_process(str(fp32), str(prepared))
             quantize_static(str(prepared), str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type={"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[activations],
-                            weight_type=QuantType.QInt8)
+                            weight_type=QuantType.QInt8, **(calibration or {}))
         shorten_names(target)
     except Exception as err:  # onnxruntime raises bare Exception, RuntimeError or its own types
         target.unlink(missing_ok=True)
