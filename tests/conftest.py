@@ -28,7 +28,7 @@ def study_dir(tmp_path_factory, cache_dir):
 
     root = tmp_path_factory.mktemp("export")
     args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
-            "--epochs", "4", "--batch-size", "32", "--trials", "2",
+            "--epochs", "4", "--batch-size", "32", "--trials", "2", "--promote-until", "0",
             "--studies-dir", str(root), "--cache-dir", str(cache_dir), "--study-name", "ex", "--threads", "2"]
     assert search_main(args) == 0
     return root

@@ -28,7 +28,8 @@ def _patterns(n, size, channels, classes, seed=0):
 
 
 def _search(tmp_path, *extra, name="byo", budget="200k", min_steps="0"):
-    return main(["--budget", budget, "--trials", "2", "--epochs", "1", "--batch-size", "32", "--threads", "2",
+    return main(["--budget", budget, "--trials", "2",
+                 "--promote-until", "0", "--epochs", "1", "--batch-size", "32", "--threads", "2",
                  *(["--min-steps", min_steps] if min_steps else []),
                  "--studies-dir", str(tmp_path / "studies"), "--cache-dir", str(tmp_path / "cache"),
                  "--study-name", name, *extra])

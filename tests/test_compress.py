@@ -47,7 +47,8 @@ def _shipped_for_the_module_fixtures(shipped_teachers):
 def study_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("compress")
     assert search_main(["--dataset", "tiny", "--budget", "1M", "--min-steps", "0", "--epochs", "4",
-                        "--batch-size", "32", "--trials", "2", "--studies-dir", str(root), "--study-name", "ex",
+                        "--batch-size", "32", "--trials", "2",
+                        "--promote-until", "0", "--studies-dir", str(root), "--study-name", "ex",
                         "--cache-dir", str(root / "cache"), "--threads", "1"]) == 0
     return root
 

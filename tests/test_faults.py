@@ -73,7 +73,7 @@ def _wait_for_running_trials(tmp_path, name, proc, after_trained=0, timeout=180,
 
 
 def test_ctrl_c_fails_the_running_trial_exits_130_and_resumes(tmp_path, cache_dir):
-    proc = _start(tmp_path, cache_dir, "int", "--trials", "3", "--epochs", "400")
+    proc = _start(tmp_path, cache_dir, "int", "--trials", "3", "--promote-until", "0", "--epochs", "400")
     number = _wait_for_running_trial(tmp_path, "int", proc)
     time.sleep(1.0)
     assert proc.poll() is None, proc.communicate()
@@ -85,7 +85,7 @@ def test_ctrl_c_fails_the_running_trial_exits_130_and_resumes(tmp_path, cache_di
     assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["fail_reason"] == "interrupted by the user"
     # the same command (shorter training, so the test is quick) resumes the study
     assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "int",
-                 "--trials", "1", "--epochs", "400", "--timeout", "0.001"]) == 0
+                 "--trials", "1", "--promote-until", "0", "--epochs", "400", "--timeout", "0.001"]) == 0
 
 
 def test_ctrl_c_before_training_fails_that_trial_too(tmp_path, cache_dir, monkeypatch, capsys):
@@ -94,7 +94,7 @@ def test_ctrl_c_before_training_fails_that_trial_too(tmp_path, cache_dir, monkey
 
     monkeypatch.setattr(trial_loop, "screen", interrupted)  # Ctrl-C while the candidate is counted
     assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "early",
-                 "--trials", "2", "--epochs", "3"]) == 130
+                 "--trials", "2", "--promote-until", "0", "--epochs", "3"]) == 130
     assert "interrupted: finished trials are saved" in capsys.readouterr().err
     (last,) = [t for t in _load(tmp_path, "early").trials if t.state != optuna.trial.TrialState.WAITING]
     assert last.state == optuna.trial.TrialState.FAIL and last.user_attrs["fail_reason"] == "interrupted by the user"
@@ -103,7 +103,8 @@ def test_ctrl_c_before_training_fails_that_trial_too(tmp_path, cache_dir, monkey
 @pytest.mark.parametrize("how", ["terminal ctrl-c", "kill of a background job"])
 def test_stopping_a_multi_worker_search_stops_every_worker_once(tmp_path, cache_dir, how):
     start = _as_from_a_terminal if how == "terminal ctrl-c" else _as_a_script_background_job
-    proc = _start(tmp_path, cache_dir, "wk", "--trials", "4", "--epochs", "400", "--workers", "2", how=start)
+    proc = _start(tmp_path, cache_dir, "wk", "--trials", "4",
+                  "--promote-until", "0", "--epochs", "400", "--workers", "2", how=start)
     numbers = _wait_for_running_trials(tmp_path, "wk", proc, count=2)
     time.sleep(1.0)
     if how == "terminal ctrl-c":
@@ -201,14 +202,15 @@ def test_a_closed_terminal_is_a_clean_stop(stack):
 
 def test_sigkilled_worker_leaves_no_trial_running_forever(tmp_path, cache_dir):
     env = STALE_SOON
-    proc = _start(tmp_path, cache_dir, "kill", "--trials", "3", "--epochs", "300", env=env)
+    proc = _start(tmp_path, cache_dir, "kill", "--trials", "3", "--promote-until", "0", "--epochs", "300", env=env)
     number = _wait_for_running_trial(tmp_path, "kill", proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     assert _load(tmp_path, "kill").trials[number].state == optuna.trial.TrialState.RUNNING
     time.sleep(4)
     # the next worker (here: the same command again, stopped at once by --timeout) fails the stale trial
-    again = _start(tmp_path, cache_dir, "kill", "--trials", "1", "--epochs", "300", "--timeout", "0.001", env=env)
+    again = _start(tmp_path, cache_dir, "kill", "--trials", "1",
+                   "--promote-until", "0", "--epochs", "300", "--timeout", "0.001", env=env)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     study = _load(tmp_path, "kill")
@@ -251,7 +253,7 @@ def test_a_killed_workers_hand_design_is_trained_when_the_search_resumes(tmp_pat
     hold.touch()  # every worker waits just before training (tests/hold.py) until the file is gone
     env = {**STALE_SOON, "NAS_KD_PLUGINS": "tests.tiny,tests.hold", "NAS_KD_TEST_HOLD": str(hold)}
     args = ["--space", str(space), "--epochs", "3"]
-    proc = _start(tmp_path, cache_dir, "rq", *args, "--trials", "2", "--workers", "2", env=env)
+    proc = _start(tmp_path, cache_dir, "rq", *args, "--trials", "2", "--promote-until", "0", "--workers", "2", env=env)
     deadline, design = time.time() + 300, None
     while design is None:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
@@ -266,7 +268,7 @@ def test_a_killed_workers_hand_design_is_trained_when_the_search_resumes(tmp_pat
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1 and f"worker {index} was stopped by signal 9" in err, err[-4000:]
     time.sleep(4)  # the killed worker's heartbeat is past the grace period
-    again = _start(tmp_path, cache_dir, "rq", *args, "--trials", "1", env=STALE_SOON)
+    again = _start(tmp_path, cache_dir, "rq", *args, "--trials", "1", "--promote-until", "0", env=STALE_SOON)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err[-4000:]
     assert _design_trials(tmp_path, "rq", "hand-a") == [_FAILED, _TRAINED]
@@ -281,9 +283,9 @@ def test_ctrl_c_while_a_hand_design_trains_queues_it_again(tmp_path, cache_dir, 
 
     with monkeypatch.context() as patch:
         patch.setattr(trial_loop, "train_candidate", interrupted)
-        assert main([*args, "--trials", "2"]) == 130
+        assert main([*args, "--trials", "2", "--promote-until", "0"]) == 130
     assert _design_trials(tmp_path, "rqc", "hand-a") == [_FAILED]
-    assert main([*args, "--trials", "1"]) == 0
+    assert main([*args, "--trials", "1", "--promote-until", "0"]) == 0
     assert "hand-a queued again" in capsys.readouterr().err
     assert _design_trials(tmp_path, "rqc", "hand-a") == [_FAILED, _TRAINED]
 
@@ -301,8 +303,8 @@ def test_a_hand_design_that_failed_on_its_own_is_not_queued_again(tmp_path, cach
 
     with monkeypatch.context() as patch:
         patch.setattr(trial_loop, "train_candidate", diverges_then_interrupted)
-        assert main([*args, "--trials", "3"]) == 130
-    assert main([*args, "--trials", "1"]) == 0  # trains the one design whose run was stopped
+        assert main([*args, "--trials", "3", "--promote-until", "0"]) == 130
+    assert main([*args, "--trials", "1", "--promote-until", "0"]) == 0  # trains the one design whose run was stopped
     assert _design_trials(tmp_path, "rqn", "hand-a") == [_FAILED]
     assert _design_trials(tmp_path, "rqn", "hand-b") == [_FAILED, _TRAINED]
 
@@ -310,7 +312,7 @@ def test_a_hand_design_that_failed_on_its_own_is_not_queued_again(tmp_path, cach
 def test_same_seed_same_architectures_and_results(tmp_path, cache_dir):
     for name in ("a", "b"):
         assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", name,
-                     "--trials", "2", "--epochs", "3", "--threads", "1"]) == 0
+                     "--trials", "2", "--promote-until", "0", "--epochs", "3", "--threads", "1"]) == 0
     a, b = _load(tmp_path, "a").trials, _load(tmp_path, "b").trials
     assert [t.params for t in a] == [t.params for t in b]
     assert [t.values for t in a] == [t.values for t in b]
@@ -328,7 +330,7 @@ def test_out_of_memory_fails_the_trial_not_the_study(tmp_path, cache_dir, monkey
 
     monkeypatch.setattr(candidate, "train_model", flaky)
     assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "oom",
-                 "--trials", "2", "--epochs", "3"]) == 0
+                 "--trials", "2", "--promote-until", "0", "--epochs", "3"]) == 0
     trials = _load(tmp_path, "oom").trials
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 1 and "OutOfMemoryError" in failed[0].user_attrs["fail_reason"]
@@ -338,14 +340,14 @@ def test_out_of_memory_fails_the_trial_not_the_study(tmp_path, cache_dir, monkey
 def test_disk_full_is_one_message_and_keeps_finished_work(tmp_path, cache_dir, monkeypatch, capsys):
     args = [*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "full",
             "--epochs", "3"]
-    assert main([*args, "--trials", "1"]) == 0
+    assert main([*args, "--trials", "1", "--promote-until", "0"]) == 0
     capsys.readouterr()
 
     def no_space(*a, **k):
         raise OSError(28, "No space left on device", str(tmp_path / "full" / "trials" / "x.pt.tmp"))
 
     monkeypatch.setattr(torch, "save", no_space)  # the trial's weights are the first thing saved
-    assert main([*args, "--trials", "1"]) == 2
+    assert main([*args, "--trials", "1", "--promote-until", "0"]) == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: cannot write") and "No space left on device" in last and "Traceback" not in err
@@ -362,7 +364,7 @@ def test_corrupt_sqlite_file(tmp_path, cache_dir, capsys):
 
 def test_locked_sqlite_file(tmp_path, cache_dir, capsys, monkeypatch):
     args = [*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "locked",
-            "--epochs", "3", "--trials", "1"]
+            "--epochs", "3", "--trials", "1", "--promote-until", "0"]
     assert main(args) == 0
     capsys.readouterr()
     monkeypatch.setattr("nas_kd.study.storage.SQLITE_LOCK_TIMEOUT", 0.5)
@@ -379,7 +381,7 @@ def test_locked_sqlite_file(tmp_path, cache_dir, capsys, monkeypatch):
 
 def test_a_worker_with_another_teacher_is_refused(tmp_path, cache_dir, capsys):
     args = [*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "tch",
-            "--epochs", "3", "--trials", "1"]
+            "--epochs", "3", "--trials", "1", "--promote-until", "0"]
     assert main(args) == 0
     assert main([*args, "--teacher-seed", "1"]) == 2
     err = capsys.readouterr().err

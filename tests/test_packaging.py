@@ -62,6 +62,7 @@ def test_a_search_runs_from_the_installed_wheel_outside_the_checkout(wheel, tmp_
                            capture_output=True, text=True, env=clean).stdout
     assert str(venv) in where
     run = subprocess.run([python, "-m", "nas_kd.search", "--dataset", "digits", "--budget", "300k", "--trials", "2",
+                          "--promote-until", "0",
                           "--cache-dir", str(tmp_path / "cache")],
                          cwd=elsewhere, capture_output=True, text=True, timeout=600, env=clean)
     assert run.returncode == 0, run.stderr

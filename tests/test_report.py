@@ -56,7 +56,8 @@ def searched(tmp_path_factory, cache_dir):
         code = search_main(["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
                             "--epochs", "4", "--batch-size", "32",
                             "--studies-dir", str(studies), "--cache-dir", str(cache_dir), "--study-name", "rep",
-                            "--threads", "2", "--trials", "2", "--space", str(space), "--alpha", "0"])
+                            "--threads", "2", "--trials", "2",
+                            "--promote-until", "0", "--space", str(space), "--alpha", "0"])
     assert code == 0
     study = optuna.load_study(study_name="rep", storage=f"sqlite:///{studies / 'rep.db'}")
     return studies, study, out.getvalue()
@@ -161,7 +162,7 @@ def test_a_search_with_an_empty_front_still_writes_its_report_and_a_broken_repor
     args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
             "--epochs", "1", "--batch-size", "32", "--lr", "1e12",
             "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "nan", "--threads", "2",
-            "--trials", "1", "--space", str(space), "--alpha", "0"]
+            "--trials", "1", "--promote-until", "0", "--space", str(space), "--alpha", "0"]
     assert search_main(args) == 0  # the one trial diverges and fails: nothing on the front
     out = capsys.readouterr().out
     assert f"report: {tmp_path / 'nan' / 'report.html'}" in out
@@ -335,7 +336,8 @@ def test_settings_are_the_flags_of_the_run_that_created_the_study(searched, tmp_
     assert before["--trials"] == "2" and before["--budget"] == "150kFLOPs" and before["--epochs"] == "4"
     assert search_main(["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "4",
                         "--batch-size", "32", "--studies-dir", str(resumed), "--cache-dir", str(cache_dir),
-                        "--study-name", "rep", "--threads", "2", "--trials", "1", "--timeout", "3600",
+                        "--study-name", "rep", "--threads", "2", "--trials", "1",
+                        "--promote-until", "0", "--timeout", "3600",
                         "--space", str(space), "--alpha", "0"]) == 0
     capsys.readouterr()
     page = write_report(optuna.load_study(study_name="rep", storage=f"sqlite:///{resumed / 'rep.db'}"),

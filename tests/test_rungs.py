@@ -7,6 +7,7 @@ from nas_kd.search.rungs import (
     crowding_distance,
     next_promotion,
     nondominated_fronts,
+    promotable,
     promotion_order,
     rung_steps,
 )
@@ -89,6 +90,20 @@ def test_a_rung_with_fewer_than_eta_results_promotes_nothing_and_the_top_rung_ne
     assert next_promotion([_r(1, 0.9, 1000), _r(2, 0.8, 500)], promoted=set(), top_rung=2, eta=3) is None
     top = [_r(i, 0.9, 1000 + i, 2) for i in range(9)]
     assert next_promotion(top, promoted=set(), top_rung=2, eta=3) is None
+
+
+def test_past_the_quota_every_result_goes_up_in_the_same_order_highest_rung_first():
+    rung0 = [_r(i, 0.80 + i / 100, 1_000_000 * (i + 1)) for i in range(6)]
+    best = banded_order(rung0)[:2]  # the rung's quota, already up
+    rung1 = [_r(r.candidate, r.accuracy + 0.05, r.cost, 1) for r in best]
+    results, promoted = rung0 + rung1, {(r.candidate, 0) for r in best}
+    within = promotable(results, promoted=promoted, top_rung=2, eta=3)
+    past = promotable(results, promoted=promoted, top_rung=2, eta=3, past_quota=True)
+    assert within == []  # 6 // 3 = 2 places at rung 0, both taken; 2 // 3 = 0 at rung 1
+    assert [(r.candidate, r.rung) for r in past[:2]] == [(c.candidate, 1) for c in banded_order(rung1)]
+    assert past[2:] == [r for r in banded_order(rung0) if (r.candidate, 0) not in promoted]
+    top = [_r(i, 0.9, 1000 + i, 2) for i in range(9)]  # the top rung still never goes up
+    assert promotable(top, promoted=set(), top_rung=2, eta=3, past_quota=True) == []
 
 
 def test_rung_steps_grow_by_eta():

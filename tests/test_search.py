@@ -32,7 +32,7 @@ def trained(study):
 
 
 def test_search_stays_within_budget_writes_the_front_and_resumes(tmp_path, cache_dir, capsys):
-    assert run(tmp_path, cache_dir, "--trials", "3") == 0
+    assert run(tmp_path, cache_dir, "--trials", "3", "--promote-until", "0") == 0
     out = capsys.readouterr()
     assert "Pareto front" in out.out and "1 multiply-add = 1 FLOP" in out.out
     study = load(tmp_path)
@@ -61,7 +61,7 @@ def test_search_stays_within_budget_writes_the_front_and_resumes(tmp_path, cache
     assert (tmp_path / "studies" / "t" / "front.csv").read_text().startswith("number,")
 
     # same command, same study name: resumes and adds trials
-    assert run(tmp_path, cache_dir, "--trials", "2") == 0
+    assert run(tmp_path, cache_dir, "--trials", "2", "--promote-until", "0") == 0
     assert "resuming" in capsys.readouterr().err
     study = load(tmp_path)
     assert len(trained(study)) == 5
@@ -71,13 +71,13 @@ def test_search_stays_within_budget_writes_the_front_and_resumes(tmp_path, cache
 
 def test_label_only_search_needs_no_teacher(tmp_path, capsys):
     cache = tmp_path / "fresh-cache"
-    assert run(tmp_path, cache, "--trials", "1", "--alpha", "0", name="labels") == 0
+    assert run(tmp_path, cache, "--trials", "1", "--promote-until", "0", "--alpha", "0", name="labels") == 0
     assert not cache.exists()
     assert "labels only" in capsys.readouterr().err
 
 
 def test_a_diverging_trial_fails_alone_with_its_reason(tmp_path, cache_dir, capsys):
-    assert run(tmp_path, cache_dir, "--trials", "2", "--lr", "1e12", name="nan") == 0
+    assert run(tmp_path, cache_dir, "--trials", "2", "--promote-until", "0", "--lr", "1e12", name="nan") == 0
     failed = [t for t in load(tmp_path, "nan").trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 2
     assert all("loss became" in t.user_attrs["fail_reason"] for t in failed)
@@ -104,7 +104,7 @@ def test_a_diverging_trial_fails_alone_with_its_reason(tmp_path, cache_dir, caps
      (["--sampler", "grid"], "invalid choice: 'grid'")],
 )
 def test_bad_input_exits_2_with_one_clear_message(tmp_path, cache_dir, capsys, args, message):
-    assert run(tmp_path, cache_dir, "--trials", "1", *args) == 2
+    assert run(tmp_path, cache_dir, "--trials", "1", "--promote-until", "0", *args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -134,8 +134,8 @@ def test_unwritable_studies_folder(tmp_path, cache_dir, capsys):
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path, cache_dir, capsys):
-    assert run(tmp_path, cache_dir, "--trials", "1", name="r") == 0
-    assert run(tmp_path, cache_dir, "--trials", "1", "--epochs", "2", name="r") == 2
+    assert run(tmp_path, cache_dir, "--trials", "1", "--promote-until", "0", name="r") == 0
+    assert run(tmp_path, cache_dir, "--trials", "1", "--promote-until", "0", "--epochs", "2", name="r") == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "train" in err and "new --study-name" in err
 
@@ -155,7 +155,7 @@ def test_a_new_study_trains_the_spaces_hand_designs_first(tmp_path, cache_dir):
     designs = {"hand-a": "stem8/s1 | ds k3 c16 s2 x1 | fc | relu", "hand-b": "stem8/s2 | ir2 k3 c16 s1 x1 | fc | relu"}
     text = (Path(__file__).parent.parent / "search_spaces" / "default-v1.yaml").read_text().split("warm_start:")[0]
     space.write_text(text + "warm_start:\n" + "".join(f"  {n}: {line}\n" for n, line in designs.items()))
-    assert run(tmp_path, cache_dir, "--trials", "3", "--space", str(space)) == 0
+    assert run(tmp_path, cache_dir, "--trials", "3", "--promote-until", "0", "--space", str(space)) == 0
     study = load(tmp_path)
     first = study.trials[:2]
     assert [t.user_attrs.get("warm_start") for t in first] == ["hand-a", "hand-b"]
@@ -163,16 +163,18 @@ def test_a_new_study_trains_the_spaces_hand_designs_first(tmp_path, cache_dir):
         assert t.user_attrs["spec"] == parse_summary(line, 1, 4).to_dict() and t.user_attrs["status"] == "trained"
     assert "warm_start" not in study.trials[2].user_attrs
     # resuming does not enqueue them again
-    assert run(tmp_path, cache_dir, "--trials", "1", "--space", str(space)) == 0
+    assert run(tmp_path, cache_dir, "--trials", "1", "--promote-until", "0", "--space", str(space)) == 0
     assert sum("warm_start" in t.user_attrs for t in load(tmp_path).trials) == 2
     # --no-warm-start: a new study samples from the first trial (a pure random-search baseline)
-    assert run(tmp_path, cache_dir, "--trials", "1", "--space", str(space), "--no-warm-start", name="cold") == 0
+    assert run(tmp_path, cache_dir, "--trials", "1",
+               "--promote-until", "0", "--space", str(space), "--no-warm-start", name="cold") == 0
     assert not any("warm_start" in t.user_attrs for t in load(tmp_path, "cold").trials)
 
 
 @pytest.mark.parametrize("loss", ["fitnet", "attention", "rkd", "sp"])
 def test_feature_losses_train_in_the_search_with_live_teacher_features(tmp_path, cache_dir, loss):
-    assert run(tmp_path, cache_dir, "--trials", "2", "--epochs", "1", "--kd", loss, name=loss) == 0
+    assert run(tmp_path, cache_dir, "--trials", "2",
+               "--promote-until", "0", "--epochs", "1", "--kd", loss, name=loss) == 0
     done = trained(load(tmp_path, loss))
     assert len(done) == 2 and all(0 <= t.values[0] <= 1 for t in done)
 
@@ -180,7 +182,8 @@ def test_feature_losses_train_in_the_search_with_live_teacher_features(tmp_path,
 def test_kd_search_chooses_a_recipe_per_trial_and_reports_the_winners(tmp_path, cache_dir, capsys):
     from nas_kd.distill.losses import TEMPERATURES, kd_loss_names
 
-    assert run(tmp_path, cache_dir, "--trials", "6", "--epochs", "1", "--kd", "search", name="kds") == 0
+    assert run(tmp_path, cache_dir, "--trials", "6",
+               "--promote-until", "0", "--epochs", "1", "--kd", "search", name="kds") == 0
     out = capsys.readouterr()
     study = load(tmp_path, "kds")
     recipes = [t.user_attrs["kd"] for t in trained(study)]
@@ -230,7 +233,8 @@ def test_early_stop_halts_a_dominated_candidate_half_way(tmp_path, cache_dir, mo
     monkeypatch.setattr(loop, "stop_below", lambda known, cost, gains, *unit: (
         (2.0, "forced {:.2%}") if len(list(known)) >= 2 else real(known, cost, gains, *unit)))
     # on by default in a one-length search (with rungs, promotion does the culling)
-    assert run(tmp_path, cache_dir, "--trials", "4", "--no-warm-start", "--rungs", "1", name="es") == 0
+    assert run(tmp_path, cache_dir, "--trials", "4",
+               "--promote-until", "0", "--no-warm-start", "--rungs", "1", name="es") == 0
     study = load(tmp_path, "es")
     done, stopped = trained(study), [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert len(done) >= 2 and len(done) + len(stopped) == 4
@@ -244,7 +248,8 @@ def test_no_early_stop_trains_every_candidate_to_the_end(tmp_path, cache_dir, mo
     import nas_kd.search.loop as loop
 
     monkeypatch.setattr(loop, "stop_below", lambda known, cost, gains, *unit: (2.0, "forced {:.2%}"))
-    assert run(tmp_path, cache_dir, "--trials", "2", "--no-early-stop", "--no-warm-start", "--rungs", "1",
+    assert run(tmp_path, cache_dir, "--trials", "2",
+               "--promote-until", "0", "--no-early-stop", "--no-warm-start", "--rungs", "1",
                name="full") == 0
     done = trained(load(tmp_path, "full"))
     assert len(done) == 2 and not any("mid_val" in t.user_attrs for t in done)
@@ -255,7 +260,7 @@ def test_settings_are_those_of_the_run_that_created_the_study_with_every_flag(tm
 
     from nas_kd.search.cli import build_parser
 
-    assert run(tmp_path, cache_dir, "--trials", "1", "--seed", "3", name="set") == 0
+    assert run(tmp_path, cache_dir, "--trials", "1", "--promote-until", "0", "--seed", "3", name="set") == 0
     first = load(tmp_path, "set").user_attrs["nas_kd.settings"]
     flags = first["flags"]
     assert flags["--budget"] == "150kFLOPs" and flags["--epochs"] == "4" and flags["--trials"] == "1"
@@ -266,18 +271,20 @@ def test_settings_are_those_of_the_run_that_created_the_study_with_every_flag(tm
     assert set(flags) == options - {"--help"}  # every flag of the search, each with a value
     assert all(isinstance(v, str) for v in flags.values())
     # resumed with another number of trials and a timeout: the study keeps the settings it was created with
-    assert run(tmp_path, cache_dir, "--trials", "2", "--seed", "3", "--timeout", "0.001", name="set") == 0
+    assert run(tmp_path, cache_dir, "--trials", "2",
+               "--promote-until", "0", "--seed", "3", "--timeout", "0.001", name="set") == 0
     assert load(tmp_path, "set").user_attrs["nas_kd.settings"] == first
 
 
 def test_the_storage_url_can_come_from_the_environment(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     monkeypatch.setenv("NAS_KD_STORAGE", url)
-    assert run(tmp_path, tmp_path / "cache", "--trials", "1", "--alpha", "0", name="env") == 0
+    assert run(tmp_path, tmp_path / "cache", "--trials", "1", "--promote-until", "0", "--alpha", "0", name="env") == 0
     assert not (tmp_path / "studies" / "env.db").exists()
     study = optuna.load_study(study_name="env", storage=url)
     assert len(trained(study)) == 1 and study.user_attrs["nas_kd.settings"]["flags"]["--storage"] == url
     # --storage, when given, wins over the environment
     other = f"sqlite:///{tmp_path / 'given.db'}"
-    assert run(tmp_path, tmp_path / "cache", "--trials", "1", "--alpha", "0", "--storage", other, name="env") == 0
+    assert run(tmp_path, tmp_path / "cache", "--trials", "1",
+               "--promote-until", "0", "--alpha", "0", "--storage", other, name="env") == 0
     assert len(trained(optuna.load_study(study_name="env", storage=other))) == 1

@@ -25,7 +25,8 @@ def load(tmp_path, name="b"):
 
 def test_a_memory_and_size_budget_reject_candidates_before_training(tmp_path, cache_dir):
     budget_memory, budget_size = 3000, 6000
-    assert run(tmp_path, cache_dir, "--trials", "2", "--memory-budget", "3kB", "--size-budget", "6kB") == 0
+    assert run(tmp_path, cache_dir, "--trials", "2",
+               "--promote-until", "0", "--memory-budget", "3kB", "--size-budget", "6kB") == 0
     study = load(tmp_path)
     assert study.user_attrs["nas_kd.identity"]["budget_memory"] == budget_memory
     statuses = {t.user_attrs["status"] for t in study.trials}
@@ -52,14 +53,15 @@ def test_a_memory_and_size_budget_reject_candidates_before_training(tmp_path, ca
     (["--objective", "speed"], "--objective"),
 ])
 def test_impossible_or_unreadable_budgets_are_one_line_and_exit_2(tmp_path, cache_dir, capsys, flags, message):
-    assert run(tmp_path, cache_dir, "--trials", "1", *flags) == 2
+    assert run(tmp_path, cache_dir, "--trials", "1", "--promote-until", "0", *flags) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "studies" / "b.db").exists()  # refused before a study was made
 
 
 def test_a_latency_search_ranks_the_front_by_measured_latency(tmp_path, cache_dir, capsys):
-    assert run(tmp_path, cache_dir, "--trials", "2", "--objective", "latency", "--latency-budget", "50ms") == 0
+    assert run(tmp_path, cache_dir, "--trials", "2",
+               "--promote-until", "0", "--objective", "latency", "--latency-budget", "50ms") == 0
     assert "50 ms latency | front: accuracy against latency" in capsys.readouterr().err
     study = load(tmp_path)
     identity = study.user_attrs["nas_kd.identity"]
@@ -79,6 +81,7 @@ def test_a_latency_search_ranks_the_front_by_measured_latency(tmp_path, cache_di
     html = write_report(study, tmp_path / "report").read_text()
     assert "Latency against FLOPs" in html and "latency µs" in html and "Spearman" in html
     # the same study cannot be resumed counting FLOPs, nor with another latency thread count
-    assert run(tmp_path, cache_dir, "--trials", "1") == 2
-    assert run(tmp_path, cache_dir, "--trials", "1", "--objective", "latency", "--latency-budget", "50ms",
+    assert run(tmp_path, cache_dir, "--trials", "1", "--promote-until", "0") == 2
+    assert run(tmp_path, cache_dir, "--trials", "1",
+               "--promote-until", "0", "--objective", "latency", "--latency-budget", "50ms",
                "--latency-threads", "2") == 2

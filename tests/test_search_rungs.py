@@ -30,7 +30,7 @@ def _done(rungs):
 
 
 def test_the_best_candidates_go_up_rungs_and_the_front_reads_the_longest(tmp_path, cache_dir, capsys):
-    assert _search(tmp_path, cache_dir, "--trials", "8") == 0
+    assert _search(tmp_path, cache_dir, "--trials", "8", "--promote-until", "0") == 0
     out = capsys.readouterr().out
     study, rungs = _studies(tmp_path)
     done = _done(rungs)
@@ -58,6 +58,32 @@ def test_the_best_candidates_go_up_rungs_and_the_front_reads_the_longest(tmp_pat
     assert "accuracy by rung" in page and " → " in page
 
 
+def test_time_left_after_the_last_candidate_promotes_past_the_quota_once_each(tmp_path, cache_dir):
+    """By default (--promote-until) the time left goes to promotions past each rung's 1/eta: with
+    time to spare every candidate reaches the top rung, two workers claiming each promotion once.
+    With no time left (or 0) a rung promotes only its best 1/eta, as before."""
+    code = _search(tmp_path, cache_dir, "--trials", "4", "--workers", "2", "--threads", "1", name="tail")
+    assert code == 0
+    study, rungs = _studies(tmp_path, "tail")
+    done = [(t.user_attrs["source"], t.user_attrs["rung"]) for t in _done(rungs)]
+    trained = {r.number for r in trial_records(study) if r.status == "trained"}
+    assert len(trained) == 4 and len(done) == len(set(done))  # each promotion claimed once
+    assert set(done) == {(n, k) for n in trained for k in (1, 2)}  # every candidate at the top rung
+    assert {r.number: r.rung for r in trial_records(study) if r.number in trained} == dict.fromkeys(trained, 2)
+    for until in ("0", "0.001"):  # off, and a deadline already past: the 1/eta quota only
+        name = f"quota{until}"
+        assert _search(tmp_path, cache_dir, "--trials", "4", "--promote-until", until, name=name) == 0
+        study, rungs = _studies(tmp_path, name)
+        by_rung = [sum(1 for t in _done(rungs) if t.user_attrs["rung"] == k) for k in (1, 2)]
+        assert by_rung[0] < 4 and by_rung[1] <= by_rung[0] // 2 + 1
+
+
+def test_a_bad_promote_until_is_one_clear_line(tmp_path, cache_dir, capsys):
+    assert _search(tmp_path, cache_dir, "--trials", "1", "--promote-until", "-5") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --promote-until must be 0 (off) or a positive number") and "Traceback" not in err
+
+
 def test_a_promoted_candidate_continues_from_its_checkpoint(tmp_path, cache_dir, monkeypatch):
     """A promotion trains only its rung's new steps, and the weights after rung 2 equal training the
     candidate straight through for rung 2's steps, with the schedule restarted where rungs 1 and 2 began."""
@@ -78,7 +104,7 @@ def test_a_promoted_candidate_continues_from_its_checkpoint(tmp_path, cache_dir,
         return real(*args, on_step=record, **kwargs)
 
     monkeypatch.setattr(candidate, "train_model", spy)
-    assert _search(tmp_path, cache_dir, "--trials", "4") == 0
+    assert _search(tmp_path, cache_dir, "--trials", "4", "--promote-until", "0") == 0
     promotions = [(steps, first) for steps, first in first_steps if steps is not None]
     assert promotions and all(first > 1 for _, first in promotions)  # resumed: step 1 was trained before
     study, rungs = _studies(tmp_path)
@@ -119,7 +145,7 @@ def test_ctrl_c_during_a_promotion_loses_no_finished_rung_and_the_rerun_finishes
         return real(run, model, kd, number, rung, show)
 
     monkeypatch.setattr(loop, "train_promotion", interrupted_second)
-    assert _search(tmp_path, cache_dir, "--trials", "4") == 130
+    assert _search(tmp_path, cache_dir, "--trials", "4", "--promote-until", "0") == 130
     study, rungs = _studies(tmp_path)
     first_done = [(t.user_attrs["source"], t.user_attrs["rung"]) for t in _done(rungs)]
     assert first_done == [calls[0]]  # the finished rung is kept
@@ -128,14 +154,14 @@ def test_ctrl_c_during_a_promotion_loses_no_finished_rung_and_the_rerun_finishes
     assert "interrupted" in stopped[0].user_attrs["fail_reason"]
     monkeypatch.setattr(loop, "train_promotion", real)
     capsys.readouterr()
-    assert _search(tmp_path, cache_dir, "--trials", "1") == 0  # the same command resumes
+    assert _search(tmp_path, cache_dir, "--trials", "1", "--promote-until", "0") == 0  # the same command resumes
     done = {(t.user_attrs["source"], t.user_attrs["rung"]) for t in _done(rungs)}
     assert calls[0] in done and calls[1] in done  # the interrupted promotion was trained on resume
 
 
 @pytest.mark.parametrize("flags", [["--rungs", "0"], ["--eta", "1"]])
 def test_bad_rung_settings_are_one_clear_line(tmp_path, cache_dir, capsys, flags):
-    assert _search(tmp_path, cache_dir, "--trials", "1", *flags) == 2
+    assert _search(tmp_path, cache_dir, "--trials", "1", "--promote-until", "0", *flags) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --rungs must be at least 1 and --eta at least 2") and "Traceback" not in err
 
@@ -152,7 +178,7 @@ def test_tpe_rungs_models_the_longest_rungs_in_a_real_search(tmp_path, cache_dir
 
     real = loop.rung_scores
     monkeypatch.setattr(loop, "rung_scores", spy)
-    assert _search(tmp_path, cache_dir, "--trials", "13", "--sampler", "tpe-rungs") == 0
+    assert _search(tmp_path, cache_dir, "--trials", "13", "--promote-until", "0", "--sampler", "tpe-rungs") == 0
     study, rungs = _studies(tmp_path)
     # TPE modelled (after its 10 random candidates) from scores that put promoted candidates at their longest rung
     assert seen and any(promoted and set(scores) >= promoted for scores, promoted in seen)

@@ -13,7 +13,7 @@ from nas_kd.study.records import trial_records
 from nas_kd.train import accuracy
 
 ARGS = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "2", "--batch-size", "32",
-        "--no-warm-start", "--workers", "1", "--threads", "1", "--trials", "4"]
+        "--no-warm-start", "--workers", "1", "--threads", "1", "--trials", "4", "--promote-until", "0"]
 
 
 def _search(tmp_path, *extra, name="t"):

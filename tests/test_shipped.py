@@ -61,7 +61,7 @@ def test_teacher_show_uses_the_shipped_teacher_and_measures_it(tmp_path, capsys)
 
 def test_a_fresh_machine_searches_with_the_shipped_teacher_at_once(tmp_path, capsys):
     args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
-            "--epochs", "1", "--batch-size", "32", "--trials", "1",
+            "--epochs", "1", "--batch-size", "32", "--trials", "1", "--promote-until", "0",
             "--studies-dir", str(tmp_path), "--cache-dir", str(tmp_path / "empty-cache"), "--threads", "2"]
     assert search_main(args) == 0
     assert "teacher: training" not in capsys.readouterr().err
@@ -100,7 +100,8 @@ def test_tampered_shipped_logits_are_refused_with_exit_2(tmp_path, monkeypatch, 
     logits.write_bytes(bytes(data))
     monkeypatch.setenv("NAS_KD_SHIPPED_DIR", str(copy))
     args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "1", "--batch-size", "32",
-            "--trials", "1", "--studies-dir", str(tmp_path / "studies"), "--cache-dir", str(tmp_path / "cache")]
+            "--trials", "1",
+            "--promote-until", "0", "--studies-dir", str(tmp_path / "studies"), "--cache-dir", str(tmp_path / "cache")]
     assert search_main(args) == 2
     err = capsys.readouterr().err
     assert "shipped teacher logits" in err and "SHA-256" in err and "reinstall" in err

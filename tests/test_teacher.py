@@ -191,7 +191,7 @@ def test_show_without_a_trained_teacher_says_how_to_train(tmp_path, capsys):
 def test_search_with_two_teachers_distils_from_their_weighted_average(tmp_path, cache_dir, split, capsys):
     from nas_kd.search.cli import main as search_main
     args = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0",
-            "--epochs", "1", "--batch-size", "32", "--trials", "1",
+            "--epochs", "1", "--batch-size", "32", "--trials", "1", "--promote-until", "0",
             "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "ens", "--threads", "2",
             "--teacher", "quick", "--teacher", "ensemble", "--ensemble-weights", "2,1"]
     assert search_main(args) == 0

@@ -14,7 +14,8 @@ from nas_kd.search.cli import main
 from nas_kd.study.records import front_records, trial_records
 from tests.pg import pg_bin, postgres_server
 
-ARGS = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "3", "--batch-size", "32"]
+ARGS = ["--dataset", "tiny", "--budget", "150k", "--min-steps", "0", "--epochs", "3", "--batch-size", "32",
+        "--promote-until", "0"]  # the tail: test_search_rungs
 
 
 def _check_shared_study(study, total, workers):
@@ -116,7 +117,7 @@ def test_local_workers_get_the_database_password_outside_their_command_lines(tmp
         password = "s3cret-pw"
         assert password in url  # trust authentication ignores it, but it is in the URL the user gave
         cmd = [sys.executable, "-m", "nas_kd.search", *ARGS, "--studies-dir", str(tmp_path), "--cache-dir",
-               str(cache_dir), "--study-name", "pwd", "--storage", url, "--trials", "2", "--workers", "2"]
+               str(cache_dir), "--study-name", "pwd", "--storage", url, "--trials", "4", "--workers", "2"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             lines = _worker_command_lines(proc, 2)
@@ -128,7 +129,7 @@ def test_local_workers_get_the_database_password_outside_their_command_lines(tmp
         assert len(lines) == 2 and all("nas_kd.search" in line for line in lines)
         assert not [line for line in lines if password in line or "--storage" in line], lines
         assert proc.returncode == 0, err[-4000:]
-        _check_shared_study(optuna.load_study(study_name="pwd", storage=url), total=2, workers=2)
+        _check_shared_study(optuna.load_study(study_name="pwd", storage=url), total=4, workers=2)
         assert password not in out + err
 
 

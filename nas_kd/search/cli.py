@@ -85,7 +85,8 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         budget_size=parse_bytes(a.size_budget, what="--size-budget") if a.size_budget else None,
         budget_latency_us=parse_duration(a.latency_budget, what="--latency-budget") if a.latency_budget else None,
         objective=a.objective, latency_threads=a.latency_threads,
-        space=a.space, trials=a.trials, timeout=a.timeout, seed=a.seed, split_seed=a.split_seed,
+        space=a.space, trials=a.trials, timeout=a.timeout, promote_until=a.promote_until,
+        seed=a.seed, split_seed=a.split_seed,
         val_size=a.val_size, train_subset=a.train_subset or None, min_steps=a.min_steps,
         train=TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed),
         kd=KDSettings(loss=a.kd, temperature=a.temperature, alpha=alpha), self_distill=a.self_distill,
@@ -125,6 +126,11 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
                    help=f"candidates to train in this run (default {_D.trials})")
     p.add_argument("--timeout", type=float, help="stop starting new trials this many seconds after the command "
                    "started (data and teacher loading included)")
+    p.add_argument("--promote-until", type=float, default=_D.promote_until, metavar="SECONDS",
+                   help="once every candidate is trained, keep promoting the rest of each rung, best first, "
+                   "while a promotion is expected to end this many seconds after the command started "
+                   f"(default {_D.promote_until:g}: the default search's 20 minutes, a minute spare; "
+                   "0: stop after the last candidate and its due promotions)")
     p.add_argument("--study-name", help="study to create or resume (default: DATASET-BUDGET)")
     p.add_argument("--storage", help=f"Optuna storage URL (default: ${STORAGE_ENV} if set, else "
                    "sqlite:///STUDIES_DIR/NAME.db). A password on the command line is visible to other users "

@@ -35,6 +35,9 @@ class SearchConfig:
     space: str = "default"
     trials: int = 40  # candidates to train in this run (over-budget ones are extra and free)
     timeout: float | None = None  # seconds; no new trial starts after it
+    # seconds from the start: once every candidate is trained, promotions past each rung's 1/eta
+    # share fill the time to here (0: none). The default search's 20 minutes, a minute spare.
+    promote_until: float = 1140.0
     seed: int = 0  # sampler seed and every trial's training seed
     split_seed: int = 0  # which images form the validation split
     val_size: float | None = None  # images (≥ 1) or a fraction (< 1); None: min(5000, 15%)
@@ -79,6 +82,9 @@ class SearchConfig:
             raise UserError(f"--rungs must be at least 1 and --eta at least 2, got {self.rungs} and {self.eta}")
         if self.timeout is not None and not self.timeout > 0:
             raise UserError(f"--timeout must be a positive number of seconds, got {self.timeout:g}")
+        if not self.promote_until >= 0:
+            raise UserError(f"--promote-until must be 0 (off) or a positive number of seconds, "
+                            f"got {self.promote_until:g}")
         if self.study_name is not None:
             check_study_name(self.study_name)
         if not 0 <= self.kd.alpha <= 1:

@@ -30,6 +30,7 @@ def flag_values(cfg: SearchConfig) -> dict[str, FlagValue]:
         "--space": c.space,
         "--trials": str(c.trials),
         "--timeout": _number(c.timeout),
+        "--promote-until": _number(c.promote_until),
         "--study-name": c.name,
         "--storage": redact_url(c.storage_url),
         "--studies-dir": c.studies_dir,

@@ -36,7 +36,7 @@ from nas_kd.search.promote import (
     rung_results,
     try_claim,
 )
-from nas_kd.search.rungs import promotable
+from nas_kd.search.rungs import RungResult, promotable
 from nas_kd.search.sampler import make_sampler, rung_scores
 from nas_kd.study.records import INTERRUPTED_REASON, Attr, Status, is_trained
 from nas_kd.study.storage import ask_trial, file_lock
@@ -45,6 +45,7 @@ MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial befo
 RUN_POLL_SECONDS = 2.0  # how often a worker with no candidate left looks for a promotion due
 MAX_UNEXPECTED_FAILURES = 3  # consecutive trial crashes of unknown cause before stopping
 WORKER_SEED_STRIDE = 7919  # workers draw from different sampler streams
+PROMOTION_TIME_MARGIN = 1.25  # a promotion past the quota starts if this much its expected time still fits
 
 _TrialState = optuna.trial.TrialState
 
@@ -89,6 +90,7 @@ class _Loop:
         self.best = max((t.values[0] for t in self.known.values()), default=None)
         self.counts = TrialCounts()
         self.unexpected = 0  # trials in a row that crashed for an unknown reason
+        self.past_quota = False  # promoting past the quota (said once)
         self.rungs = open_rungs(self.cfg.name, self.cfg.storage_url) if self.cfg.rungs > 1 else None
         scores = ((lambda: rung_scores(rung_results(self.study, self.rungs)))
                   if self.rungs is not None and self.cfg.sampler == "tpe-rungs" else None)
@@ -107,6 +109,8 @@ class _Loop:
             if self._promotion():
                 continue
             if self.cfg.run_id is None and self.counts.trained >= cfg.trials:
+                if self._promotion(past_quota=True):
+                    continue
                 break
             if self.counts.skipped > MAX_SKIPS_PER_TRIAL * cfg.trials:
                 raise UserError(
@@ -116,7 +120,9 @@ class _Loop:
             interrupts.check()
             fail_stale(self.study)  # one query: a killed peer's trial is failed within the grace period
             trial = ask_trial(self.study, cfg.storage_url) if cfg.run_id is None else self._ask_in_run()
-            if trial is None:  # the run has all its candidates: wait for promotions while peers train
+            if trial is None:  # the run has all its candidates: promote past the quota, or wait for peers
+                if self._promotion(past_quota=True):
+                    continue
                 if not self._run_busy():
                     break
                 time.sleep(RUN_POLL_SECONDS)
@@ -232,20 +238,39 @@ class _Loop:
             + (f" | {kd.loss} T={kd.temperature:g} alpha={kd.alpha:.2f}" if self.cfg.kd.searched else "")
         )
 
-    def _promotion(self) -> bool:
-        """Train the next promotion due, if any this worker can claim (and holds the checkpoint of)."""
-        if self.rungs is None:
+    def _promotion(self, past_quota: bool = False) -> bool:
+        """Train the next promotion due, if any this worker can claim (and holds the checkpoint of).
+        ``past_quota``: every candidate is trained, so any result may go up whose promotion is
+        expected to end before ``--promote-until``."""
+        if self.rungs is None or (past_quota and not self.cfg.promote_until):
             return False
         fail_stale(self.rungs)
         due = promotable(rung_results(self.study, self.rungs), promoted=promoted(self.rungs),
-                         top_rung=self.cfg.rungs - 1, eta=self.cfg.eta, top=self.cfg.cost_budget)
+                         top_rung=self.cfg.rungs - 1, eta=self.cfg.eta, top=self.cfg.cost_budget,
+                         past_quota=past_quota)
+        if past_quota:
+            due = [r for r in due if self._ends_in_time(r)]
         for result in due:
             if checkpoint_path(self.cfg, result.candidate).exists():
                 claim = try_claim(self.rungs, result, run_id=self.cfg.run_id)
                 if claim is not None:
+                    if past_quota and not self.past_quota:
+                        self.past_quota = True
+                        self.progress.log(f"every candidate trained: promoting past each rung's 1/{self.cfg.eta} "
+                                          f"share while a promotion ends within {self.cfg.promote_until:g} s")
                     self._promote(claim, result.accuracy)
                     return True
         return False
+
+    def _ends_in_time(self, result: RungResult) -> bool:
+        """Would promoting ``result`` end before ``--promote-until``? Its next rung trains
+        ``eta**(r+1) - eta**r`` times rung 0's steps, each as fast as its own rung 0 (with a margin)."""
+        rung0 = self.study.get_trials(deepcopy=False)[result.candidate].user_attrs.get(Attr.TRAIN_SECONDS)
+        if rung0 is None:
+            return False
+        eta, r = self.cfg.eta, result.rung
+        expected = PROMOTION_TIME_MARGIN * rung0 * (eta ** (r + 1) - eta**r)
+        return time.perf_counter() - self.run.started + expected <= self.cfg.promote_until
 
     def _promote(self, claim: Claim, before: float) -> None:
         """Resume the candidate from its checkpoint for the claimed rung; a stop reopens the claim."""

@@ -107,14 +107,21 @@ def banded_order(results: Sequence[RungResult], top: float | None = None) -> lis
 
 
 def promotable(results: Sequence[RungResult], *, promoted: set[tuple[int, int]], top_rung: int,
-               eta: int, top: float | None = None) -> list[RungResult]:
+               eta: int, top: float | None = None, past_quota: bool = False) -> list[RungResult]:
     """Every result that may go up now, the one to promote first first: of each rung below ``top_rung``
     (highest first), its best ``n // eta`` results not yet promoted (``promoted`` holds the
-    (candidate, rung) pairs already moved up), in ``banded_order`` under the budget ``top``."""
+    (candidate, rung) pairs already moved up), in ``banded_order`` under the budget ``top``.
+
+    ``past_quota``: every result of each rung in that order, not only its best ``n // eta``. A
+    search whose candidates are all trained spends its time left this way (``--promote-until``):
+    the most-vetted candidates go on first, so the front is read from longer training."""
     out = []
     for rung in range(top_rung - 1, -1, -1):
         at_rung = [r for r in results if r.rung == rung]
-        out += [r for r in banded_order(at_rung, top)[: len(at_rung) // eta] if (r.candidate, rung) not in promoted]
+        ranked = banded_order(at_rung, top)
+        if not past_quota:
+            ranked = ranked[: len(at_rung) // eta]
+        out += [r for r in ranked if (r.candidate, rung) not in promoted]
     return out
 
 
