@@ -178,3 +178,38 @@ def test_the_previous_default_space_is_kept_byte_for_byte_so_its_studies_resume(
 def test_unknown_space_name_lists_the_known_ones():
     with pytest.raises(UserError, match="default"):
         load_space("no-such-space")
+
+
+def _int8_ops(spec_line: str, folder: Path) -> set[str]:
+    """Op types of onnxruntime's optimized graph for the student quantized as ``--int8`` does."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from nas_kd.export.quantize import quantize_onnx
+    from nas_kd.model.latency import export_onnx
+
+    torch.manual_seed(0)
+    model = build_student(parse_summary(spec_line, 1, 10)).eval()
+    images = torch.rand(32, 1, 28, 28)
+    export_onnx(model, images[:1], folder / "m.onnx")
+    quantize_onnx(folder / "m.onnx", folder / "m.int8.onnx", images)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(folder / "m.opt.onnx")
+    options.log_severity_level = 3  # its note on hardware-specific optimized graphs
+    ort.InferenceSession(str(folder / "m.int8.onnx"), options, providers=["CPUExecutionProvider"])
+    return {node.op_type for node in onnx.load(str(folder / "m.opt.onnx")).graph.node}
+
+
+def test_int8_space_students_run_integer_throughout_where_hard_swish_ones_do_not(tmp_path):
+    space = load_space("int8")
+    acts = {spec.activation for spec in _random_specs(space, (1, 28, 28), n=40)}
+    assert acts == {"relu", "relu6"} and all(line.endswith(("| relu", "| relu6")) for _, line in space.warm_start)
+    blocks = "stem16/s1 | ds k3 c24 s2 x1 | ir3 k3 c48 s2 x2 pw.5 | head128 | fc"
+    for act in ("relu", "relu6"):  # fused into QLinearConv: one Quantize in, one Dequantize out
+        (tmp_path / act).mkdir()
+        ops = _int8_ops(f"{blocks} | {act}", tmp_path / act)
+        assert "QLinearConv" in ops and not ops & {"Conv", "Relu", "Clip", "HardSigmoid", "Mul"}, ops
+    (tmp_path / "hs").mkdir()
+    ops = _int8_ops(f"{blocks} | hardswish", tmp_path / "hs")
+    assert "HardSigmoid" in ops  # float, between a Dequantize and a Quantize at every activation
