@@ -45,7 +45,7 @@ MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial befo
 RUN_POLL_SECONDS = 2.0  # how often a worker with no candidate left looks for a promotion due
 MAX_UNEXPECTED_FAILURES = 3  # consecutive trial crashes of unknown cause before stopping
 WORKER_SEED_STRIDE = 7919  # workers draw from different sampler streams
-PROMOTION_TIME_MARGIN = 1.25  # a promotion past the quota starts if this much its expected time still fits
+PROMOTION_TIME_MARGIN = 1.25  # a promotion past the quota starts only if 1.25× its expected time fits
 
 _TrialState = optuna.trial.TrialState
 
@@ -249,7 +249,8 @@ class _Loop:
                          top_rung=self.cfg.rungs - 1, eta=self.cfg.eta, top=self.cfg.cost_budget,
                          past_quota=past_quota)
         if past_quota:
-            due = [r for r in due if self._ends_in_time(r)]
+            trials = self.study.get_trials(deepcopy=False)
+            due = [r for r in due if self._ends_in_time(r, trials[r.candidate].user_attrs.get(Attr.TRAIN_SECONDS))]
         for result in due:
             if checkpoint_path(self.cfg, result.candidate).exists():
                 claim = try_claim(self.rungs, result, run_id=self.cfg.run_id)
@@ -262,10 +263,9 @@ class _Loop:
                     return True
         return False
 
-    def _ends_in_time(self, result: RungResult) -> bool:
+    def _ends_in_time(self, result: RungResult, rung0: float | None) -> bool:
         """Would promoting ``result`` end before ``--promote-until``? Its next rung trains
-        ``eta**(r+1) - eta**r`` times rung 0's steps, each as fast as its own rung 0 (with a margin)."""
-        rung0 = self.study.get_trials(deepcopy=False)[result.candidate].user_attrs.get(Attr.TRAIN_SECONDS)
+        ``eta**(r+1) - eta**r`` times rung 0's steps, each as fast as in its rung 0 (``rung0`` seconds)."""
         if rung0 is None:
             return False
         eta, r = self.cfg.eta, result.rung
