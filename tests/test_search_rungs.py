@@ -76,6 +76,9 @@ def test_time_left_after_the_last_candidate_promotes_past_the_quota_once_each(tm
         study, rungs = _studies(tmp_path, name)
         by_rung = [sum(1 for t in _done(rungs) if t.user_attrs["rung"] == k) for k in (1, 2)]
         assert by_rung[0] < 4 and by_rung[1] <= by_rung[0] // 2 + 1
+        if until == "0.001":  # once the candidates are done, even a due promotion must end in time
+            last = max(t.datetime_complete for t in study.trials if t.datetime_complete is not None)
+            assert all(t.datetime_start <= last for t in rungs.trials)
 
 
 def test_a_bad_promote_until_is_one_clear_line(tmp_path, cache_dir, capsys):

@@ -91,6 +91,9 @@ class _Loop:
         self.counts = TrialCounts()
         self.unexpected = 0  # trials in a row that crashed for an unknown reason
         self.past_quota = False  # promoting past the quota (said once)
+        # every candidate is trained or in training: each promotion, due or past the quota, must then
+        # end before --promote-until (a past-quota promotion to rung 1 can make one due at rung 1)
+        self.tail = False
         self.rungs = open_rungs(self.cfg.name, self.cfg.storage_url) if self.cfg.rungs > 1 else None
         scores = ((lambda: rung_scores(rung_results(self.study, self.rungs)))
                   if self.rungs is not None and self.cfg.sampler == "tpe-rungs" else None)
@@ -106,10 +109,11 @@ class _Loop:
                 self.progress.log(f"timeout of {cfg.timeout:g} s reached after {self.counts.trained} trained trials")
                 break
             interrupts.check()
-            if self._promotion():
+            if self._promotion(past_quota=self.tail):
                 continue
             if self.cfg.run_id is None and self.counts.trained >= cfg.trials:
-                if self._promotion(past_quota=True):
+                self.tail = bool(cfg.promote_until)
+                if self.tail and self._promotion(past_quota=True):
                     continue
                 break
             if self.counts.skipped > MAX_SKIPS_PER_TRIAL * cfg.trials:
@@ -120,8 +124,9 @@ class _Loop:
             interrupts.check()
             fail_stale(self.study)  # one query: a killed peer's trial is failed within the grace period
             trial = ask_trial(self.study, cfg.storage_url) if cfg.run_id is None else self._ask_in_run()
+            self.tail = trial is None and bool(cfg.promote_until)
             if trial is None:  # the run has all its candidates: promote past the quota, or wait for peers
-                if self._promotion(past_quota=True):
+                if self.tail and self._promotion(past_quota=True):
                     continue
                 if not self._run_busy():
                     break
@@ -241,8 +246,8 @@ class _Loop:
     def _promotion(self, past_quota: bool = False) -> bool:
         """Train the next promotion due, if any this worker can claim (and holds the checkpoint of).
         ``past_quota``: every candidate is trained, so any result may go up whose promotion is
-        expected to end before ``--promote-until``."""
-        if self.rungs is None or (past_quota and not self.cfg.promote_until):
+        expected to end before ``--promote-until`` (and only those)."""
+        if self.rungs is None:
             return False
         fail_stale(self.rungs)
         due = promotable(rung_results(self.study, self.rungs), promoted=promoted(self.rungs),
