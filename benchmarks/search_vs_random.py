@@ -119,6 +119,16 @@ def time_to(curve: list[tuple[float, float]], level: float) -> float | None:
     return next((t for t, hv in curve if hv >= level), None)
 
 
+FRONT_LEVELS = (0.5e6, 1e6, 2e6, 3e6, 5e6)  # --fronts: best accuracy at or under each cost
+
+
+def best_under(events: list[tuple[float, int, float, float]], seconds: float) -> list[float]:
+    """The best accuracy at or under each of ``FRONT_LEVELS`` FLOPs, each candidate at the longest
+    rung it had finished by ``seconds`` (where one front beats another, not only by how much)."""
+    latest = {n: (acc, flops) for t, n, acc, flops in events if t <= seconds}
+    return [max((acc for acc, flops in latest.values() if flops <= level), default=0.0) for level in FRONT_LEVELS]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -129,7 +139,19 @@ def main() -> None:
     p.add_argument("--budget", default="5MFLOPs")
     p.add_argument("--studies", default="studies/bench-search-vs-random")
     p.add_argument("--out", default=str(HERE / "search_vs_random.csv"))
+    p.add_argument("--fronts", action="store_true",
+                   help="only print each finished arm's best accuracy under 0.5/1/2/3/5 MFLOPs at --timeout")
     a = p.parse_args()
+    if a.fronts:
+        for seed in a.seeds:
+            for arm in a.arms:
+                db = Path(a.studies) / f"{arm}-seed{seed}.db"
+                if db.exists():
+                    events, _ = timeline(f"sqlite:///{db}", f"{arm}-seed{seed}")
+                    best = best_under(events, a.timeout)
+                    print(f"seed {seed} {arm:8s} " + " | ".join(
+                        f"≤{level / 1e6:g}M {acc:.2%}" for level, acc in zip(FRONT_LEVELS, best, strict=True)))
+        return
     studies = Path(a.studies)
     studies.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -91,9 +91,6 @@ class _Loop:
         self.counts = TrialCounts()
         self.unexpected = 0  # trials in a row that crashed for an unknown reason
         self.past_quota = False  # promoting past the quota (said once)
-        # every candidate is trained or in training: each promotion, due or past the quota, must then
-        # end before --promote-until (a past-quota promotion to rung 1 can make one due at rung 1)
-        self.tail = False
         self.rungs = open_rungs(self.cfg.name, self.cfg.storage_url) if self.cfg.rungs > 1 else None
         scores = ((lambda: rung_scores(rung_results(self.study, self.rungs)))
                   if self.rungs is not None and self.cfg.sampler == "tpe-rungs" else None)
@@ -109,12 +106,12 @@ class _Loop:
                 self.progress.log(f"timeout of {cfg.timeout:g} s reached after {self.counts.trained} trained trials")
                 break
             interrupts.check()
-            if self._promotion(past_quota=self.tail):
+            # once every candidate is trained or in training, each promotion, due or past the quota, must
+            # end before --promote-until (a past-quota promotion to rung 1 can make one due at rung 2)
+            tail = bool(cfg.promote_until) and self._candidates_done()
+            if self._promotion(past_quota=tail):
                 continue
             if self.cfg.run_id is None and self.counts.trained >= cfg.trials:
-                self.tail = bool(cfg.promote_until)
-                if self.tail and self._promotion(past_quota=True):
-                    continue
                 break
             if self.counts.skipped > MAX_SKIPS_PER_TRIAL * cfg.trials:
                 raise UserError(
@@ -124,10 +121,7 @@ class _Loop:
             interrupts.check()
             fail_stale(self.study)  # one query: a killed peer's trial is failed within the grace period
             trial = ask_trial(self.study, cfg.storage_url) if cfg.run_id is None else self._ask_in_run()
-            self.tail = trial is None and bool(cfg.promote_until)
-            if trial is None:  # the run has all its candidates: promote past the quota, or wait for peers
-                if self.tail and self._promotion(past_quota=True):
-                    continue
+            if trial is None:  # the run has all its candidates: wait for promotions while peers train
                 if not self._run_busy():
                     break
                 time.sleep(RUN_POLL_SECONDS)
@@ -139,6 +133,12 @@ class _Loop:
                 raise
         self.counts.seconds = time.perf_counter() - self.start
         return self.counts
+
+    def _candidates_done(self) -> bool:
+        """Every candidate of this process (or of its run of workers) is trained or in training."""
+        if self.cfg.run_id is None:
+            return self.counts.trained >= self.cfg.trials
+        return run_slots_taken(self.study, self.cfg.run_id) >= (self.cfg.run_trials or self.cfg.trials)
 
     def _ask_in_run(self) -> optuna.Trial | None:
         """A new trial for this run of local workers, or None once the run's ``--trials`` are all
