@@ -90,7 +90,7 @@ class _Loop:
         self.best = max((t.values[0] for t in self.known.values()), default=None)
         self.counts = TrialCounts()
         self.unexpected = 0  # trials in a row that crashed for an unknown reason
-        self.past_quota = False  # promoting past the quota (said once)
+        self.tail_announced = False  # the log says once that promotions go past the quota
         self.rungs = open_rungs(self.cfg.name, self.cfg.storage_url) if self.cfg.rungs > 1 else None
         scores = ((lambda: rung_scores(rung_results(self.study, self.rungs)))
                   if self.rungs is not None and self.cfg.sampler == "tpe-rungs" else None)
@@ -146,7 +146,7 @@ class _Loop:
         uneven, and a worker with its share done would otherwise leave its core idle. The count and
         the ask happen under one file lock, so two workers never take the run's last slot twice."""
         with file_lock(self.cfg.out_dir / ".run-lock"):
-            if run_slots_taken(self.study, self.cfg.run_id) >= (self.cfg.run_trials or self.cfg.trials):
+            if self._candidates_done():
                 return None
             trial = ask_trial(self.study, self.cfg.storage_url)
             trial.set_user_attr(Attr.RUN, self.cfg.run_id)
@@ -260,8 +260,8 @@ class _Loop:
             if checkpoint_path(self.cfg, result.candidate).exists():
                 claim = try_claim(self.rungs, result, run_id=self.cfg.run_id)
                 if claim is not None:
-                    if past_quota and not self.past_quota:
-                        self.past_quota = True
+                    if past_quota and not self.tail_announced:
+                        self.tail_announced = True
                         self.progress.log(f"every candidate trained: promoting past each rung's 1/{self.cfg.eta} "
                                           f"share while a promotion ends within {self.cfg.promote_until:g} s")
                     self._promote(claim, result.accuracy)
