@@ -19,6 +19,8 @@ Arms:
 - ``cold``: the same without the warm start (``--no-warm-start``): the search on its own (random
   sampling with the default rungs and promotion bands, MO-ASHA's own setting, since 2026-12-04);
 - ``tpe``: the same with TPE told rung 0 (the default sampler before 2026-12-04);
+- ``cold2``: ``cold`` with one rung fewer, the first at the default's rung 1, the top unchanged
+  (the lever tried on 2026-12-05: a first rung long enough to rank);
 - ``random``: random search: random sampling, no warm start, every candidate trained to the length
   of the default's longest rung (``--rungs 1``), so its front is read at the same fidelity as the
   default's top.
@@ -53,12 +55,15 @@ ARMS = {
     "default": [],
     "cold": ["--no-warm-start"],
     "tpe": ["--sampler", "tpe", "--no-warm-start"],
+    # the same top length in 2 rungs: the first at the default's rung 1 (it ranks at tau 0.69, rung 0 at 0.33)
+    "cold2": ["--no-warm-start", "--rungs", str(_D.rungs - 1), "--epochs", f"{_D.train.epochs * _D.eta:g}",
+              "--min-steps", str(_D.min_steps * _D.eta)],
     "random": ["--sampler", "random", "--no-warm-start", "--rungs", "1", "--no-early-stop",
                "--epochs", f"{TOP_EPOCHS:g}", "--min-steps", str(_D.min_steps * _D.eta ** (_D.rungs - 1))],
 }
 
 
-SEARCH_ARMS = ("default", "cold", "tpe")  # run as shipped: --trials 40, until done
+SEARCH_ARMS = ("default", "cold", "tpe", "cold2")  # run as shipped: --trials 40, until done
 
 
 def run_arm(arm: str, seed: int, a: argparse.Namespace, studies: Path) -> str:
