@@ -65,3 +65,25 @@ def test_only_tpe_rungs_is_rung_aware_and_only_when_given_scores():
     assert isinstance(make_sampler("tpe-rungs", 0, lambda: {}), RungAwareTPESampler)
     assert type(make_sampler("tpe-rungs", 0)) is optuna.samplers.TPESampler  # one rung: nothing to rescore
     assert isinstance(make_sampler("random", 0, lambda: {}), optuna.samplers.RandomSampler)
+
+
+def _draw(study: optuna.Study, space, shape=(1, 28, 28)) -> tuple[int, str]:
+    trial = study.ask()
+    return trial.number, repr(space.sample(trial, shape, 10))
+
+
+def test_random_gives_trial_n_the_same_candidate_whichever_worker_asks():
+    from nas_kd.search.space import load_space
+
+    space = load_space("default")
+    alone = optuna.create_study(sampler=make_sampler("random", 7))
+    one_worker = dict(_draw(alone, space) for _ in range(6))
+    storage = optuna.storages.InMemoryStorage()
+    a = optuna.create_study(storage=storage, study_name="s", sampler=make_sampler("random", 7))
+    b = optuna.load_study(storage=storage, study_name="s", sampler=make_sampler("random", 7))
+    # two workers asking in an uneven order, as asynchronous workers do
+    two_workers = dict(_draw(w, space) for w in (a, b, b, a, b, a))
+    assert two_workers == one_worker
+    assert len(set(one_worker.values())) == 6  # each number its own candidate, not one repeated
+    other_seed = optuna.create_study(sampler=make_sampler("random", 8))
+    assert dict(_draw(other_seed, space) for _ in range(6)) != one_worker

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import copy
 import statistics
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
@@ -38,7 +40,7 @@ def make_sampler(name: str, seed: int,
     ``scores`` (candidate number -> score on rung 0's scale, see ``rung_scores``) makes TPE learn
     from the longest rungs; the other samplers do not model results that way."""
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return CandidateStreamSampler(seed)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     options: dict[str, Any] = dict(seed=seed, multivariate=True, group=True, constant_liar=True,
@@ -46,6 +48,27 @@ def make_sampler(name: str, seed: int,
     if name == "tpe" or scores is None:
         return optuna.samplers.TPESampler(**options)
     return RungAwareTPESampler(scores, **options)
+
+
+class CandidateStreamSampler(optuna.samplers.RandomSampler):
+    """Random sampling in which trial N's draws depend only on the seed, N and the parameter.
+
+    Optuna's ``RandomSampler`` draws from one stream per process, so with several workers which
+    architecture trial N gets depends on the order in which they ask, and a rerun of the same seed is
+    a different search. Here the same seed gives the same candidate under the same number in any
+    worker, resumed or not, and two searches of one seed (say, two schedules, or search vs random)
+    see the same candidates in the same order: their difference is the schedule's, not the draw's.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self._stream_seed = int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else seed
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        stream = np.random.SeedSequence([self._stream_seed, trial.number, zlib.crc32(param_name.encode())])
+        self._rng.rng.seed(stream.generate_state(1)[0])
+        return super().sample_independent(study, trial, param_name, param_distribution)
 
 
 def rung_scores(results: Iterable[RungResult]) -> dict[int, float]:
