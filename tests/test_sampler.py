@@ -80,7 +80,8 @@ def test_random_gives_trial_n_the_same_candidate_whichever_worker_asks():
     one_worker = dict(_draw(alone, space) for _ in range(6))
     storage = optuna.storages.InMemoryStorage()
     a = optuna.create_study(storage=storage, study_name="s", sampler=make_sampler("random", 7))
-    b = optuna.load_study(storage=storage, study_name="s", sampler=make_sampler("random", 7))
+    # the second worker gets its own offset, as the search loop gives each worker and resumed run
+    b = optuna.load_study(storage=storage, study_name="s", sampler=make_sampler("random", 7, offset=1003))
     # two workers asking in an uneven order, as asynchronous workers do
     two_workers = dict(_draw(w, space) for w in (a, b, b, a, b, a))
     assert two_workers == one_worker

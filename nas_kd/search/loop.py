@@ -79,8 +79,7 @@ class _Loop:
         self.cfg: SearchConfig = run.cfg
         self.study: optuna.Study = run.study
         fail_stale(self.study)
-        # resumed runs (and each worker) of a model-based sampler draw new samples instead of
-        # repeating the first run's
+        # resumed runs (and each worker) draw new samples instead of repeating the first run's
         offset = len(self.study.trials) + WORKER_SEED_STRIDE * (self.cfg.worker_index or 0)
         self.known = {  # architecture (and, under --kd search, recipe) -> its trained trial
             _key(t.user_attrs[Attr.SPEC_JSON], t.user_attrs.get(Attr.KD)): t
@@ -95,9 +94,7 @@ class _Loop:
         self.rungs = open_rungs(self.cfg.name, self.cfg.storage_url) if self.cfg.rungs > 1 else None
         scores = ((lambda: rung_scores(rung_results(self.study, self.rungs)))
                   if self.rungs is not None and self.cfg.sampler == "tpe-rungs" else None)
-        # random draws per trial number (CandidateStreamSampler): the seed alone, in every worker
-        seed = self.cfg.seed if self.cfg.sampler == "random" else self.cfg.seed + offset
-        self.study.sampler = make_sampler(self.cfg.sampler, seed, scores)
+        self.study.sampler = make_sampler(self.cfg.sampler, self.cfg.seed, scores, offset)
         self.start = time.perf_counter()
 
     def until_done(self) -> TrialCounts:

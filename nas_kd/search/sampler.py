@@ -34,16 +34,18 @@ from nas_kd.search.rungs import RungResult
 STARTUP_TRIALS = 10  # random candidates before TPE models anything
 
 
-def make_sampler(name: str, seed: int,
-                 scores: Callable[[], dict[int, float]] | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int, scores: Callable[[], dict[int, float]] | None = None,
+                 offset: int = 0) -> optuna.samplers.BaseSampler:
     """The samplers a user can choose; all of them honour trial constraints (FLOPs, params).
     ``scores`` (candidate number -> score on rung 0's scale, see ``rung_scores``) makes TPE learn
-    from the longest rungs; the other samplers do not model results that way."""
+    from the longest rungs; the other samplers do not model results that way. ``offset`` (distinct
+    per worker and per resumed run) moves a seeded stream so it does not repeat another's draws;
+    ``random`` needs none, as its draws are per trial number."""
     if name == "random":
         return CandidateStreamSampler(seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
-    options: dict[str, Any] = dict(seed=seed, multivariate=True, group=True, constant_liar=True,
+        return optuna.samplers.NSGAIISampler(seed=seed + offset, population_size=20)
+    options: dict[str, Any] = dict(seed=seed + offset, multivariate=True, group=True, constant_liar=True,
                                    n_startup_trials=STARTUP_TRIALS)
     if name == "tpe" or scores is None:
         return optuna.samplers.TPESampler(**options)
@@ -62,7 +64,7 @@ class CandidateStreamSampler(optuna.samplers.RandomSampler):
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__(seed)
-        self._stream_seed = int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else seed
+        self._stream_seed = np.random.SeedSequence().entropy if seed is None else seed
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
