@@ -42,8 +42,9 @@ def per_training_epochs(recipe: str, total: float, generations: int) -> float:
     return {"ban": total / generations, "takd": total / 2}.get(recipe, total)
 
 
-def _extras(recipe: str, generations: int, peers: int) -> list[str]:
-    return {"ban": ["--generations", str(generations)], "dml": ["--peers", str(peers)]}.get(recipe, [])
+def _extras(recipe: str, generations: int, peers: int, exits: bool) -> list[str]:
+    return {"ban": ["--generations", str(generations)], "dml": ["--peers", str(peers)],
+            "self": ["--exits"] if exits else []}.get(recipe, [])
 
 
 def _row(card: dict, study: str, recipe: str, seed: int, total: float) -> dict:
@@ -96,6 +97,8 @@ def main() -> None:
     p.add_argument("--total-epochs", type=float, default=20)
     p.add_argument("--generations", type=int, default=2)
     p.add_argument("--peers", type=int, default=2)
+    p.add_argument("--self-exits", action="store_true", help="ship the self exports with their exits (--exits), "
+                   "so their cards carry the early-exit table; the training and the final exit are the same")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--out", default="recipe-runs", help="folder for the export folders")
     p.add_argument("--cache-dir")
@@ -121,7 +124,7 @@ def main() -> None:
         folder = Path(a.out) / f"{a.study_name}-t{trial}-{recipe}-s{seed}-e{a.total_epochs:g}"
         epochs = per_training_epochs(recipe, a.total_epochs, a.generations)
         args = ["--study-name", a.study_name, "--studies-dir", a.studies_dir, "--trial", str(trial),
-                "--recipe", recipe, *_extras(recipe, a.generations, a.peers), "--epochs", f"{epochs:g}",
+                "--recipe", recipe, *_extras(recipe, a.generations, a.peers, a.self_exits), "--epochs", f"{epochs:g}",
                 "--seed", str(seed), "--threads", str(a.threads), "--out", str(folder),
                 *(["--cache-dir", a.cache_dir] if a.cache_dir else [])]
         code = export_main(args)

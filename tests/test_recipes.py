@@ -301,3 +301,47 @@ def test_the_report_draws_an_exported_early_exit_curve_beside_the_front(study_di
     card = json.loads((out / "model_card.json").read_text())
     assert f"early exit, trial {card['trial']} (test, exported)" in page
     assert "Dotted diamonds: exported early-exit students" in page
+
+
+def test_an_exit_pools_its_stage_to_a_small_grid_first_and_onnx_agrees_on_partial_windows():
+    import io
+
+    import numpy as np
+
+    from nas_kd.distill.exits import ExitHead, ExitPrefix, GridPool
+    from nas_kd.model.cost import count_flops
+    from nas_kd.model.latency import export_onnx, ort_session
+
+    x = torch.randn(2, 3, 14, 14)
+    pooled = GridPool(4)(x)  # windows of 4, the last one 2 wide: a mean over what it covers
+    assert pooled.shape == (2, 3, 4, 4)
+    assert torch.allclose(pooled[..., 3, 3], x[..., 12:, 12:].mean((-2, -1)), atol=1e-6)
+    assert torch.allclose(pooled[..., 0, 1], x[..., :4, 4:8].mean((-2, -1)), atol=1e-6)
+    assert torch.equal(GridPool(4)(x[..., :4, :4]), x[..., :4, :4])  # small enough already: untouched
+    head = ExitHead(3, 10, "relu").eval()
+    buffer = io.BytesIO()
+    export_onnx(head, x[:1], buffer)
+    got = ort_session(buffer.getvalue()).run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - head(x).numpy()).max() < 1e-4
+    # the first exit's 1x1 conv runs on 4x4, not on its stage's 6x6: cheaper than the full-resolution head
+    pooled_model, full = _exit_student(), _exit_student()
+    full.exits[0] = ExitHead(16, 10, "relu", grid=None)
+    at = [count_flops(ExitPrefix(m.eval(), 0).eval(), (1, 12, 12)) for m in (pooled_model, full)]
+    assert at[0] < at[1]
+
+
+def test_an_early_exit_export_from_before_the_pooling_loads_with_full_resolution_heads(tmp_path):
+    from safetensors.torch import save_file
+
+    import nas_kd
+    from nas_kd.distill.exits import EXITS_FILE, ExitStudent
+
+    legacy = ExitStudent(_exit_student().student, grid=None).eval()
+    (tmp_path / "spec.json").write_text(legacy.student.spec.to_json())
+    save_file({k: v.contiguous() for k, v in legacy.state_dict().items()}, str(tmp_path / "weights.safetensors"))
+    (tmp_path / EXITS_FILE).write_text(json.dumps({"exits": 3}))  # as stop 30's exports wrote it
+    model = nas_kd.load_student(tmp_path)
+    x = torch.randn(4, 1, 12, 12)
+    with torch.no_grad():
+        assert model.grid is None and torch.allclose(model(x), legacy(x), atol=1e-6)

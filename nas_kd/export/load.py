@@ -27,10 +27,11 @@ def load_student(folder: str | Path) -> nn.Module:
         spec = ArchSpec.from_json((folder / "spec.json").read_text())
         state = load_file(folder / "weights.safetensors")
         shapes = json.loads((folder / PRUNED_SHAPES).read_text()) if (folder / PRUNED_SHAPES).exists() else None
+        exits = json.loads((folder / EXITS_FILE).read_text()) if (folder / EXITS_FILE).exists() else None
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load a student from {folder}: {err}") from None
     model = build_student(spec) if shapes is None else apply_shapes(build_student(spec), shapes)
-    if (folder / EXITS_FILE).exists():
-        model = ExitStudent(model)
+    if exits is not None:  # exports from before the exits pooled have no exit_grid: their heads run at full resolution
+        model = ExitStudent(model, exits.get("exit_grid"))
     model.load_state_dict(state)
     return model.eval()

@@ -37,8 +37,8 @@ def self_distillation(run: SchemeRun) -> SchemeOutcome:
     if not run.options.exits:
         return SchemeOutcome(Trained(model.student, seconds, final["val_accuracy"], final["test_accuracy"]), entry)
     entry["early_exit"] = early_exit_table(model, split.x_test, split.y_test, split.input_shape)
-    exits = {"exits": model.n_exits, "outputs": "logits [batch, exits, classes], the last exit is the student's own "
-             "classifier"}
+    exits = {"exits": model.n_exits, "exit_grid": model.grid,
+             "outputs": "logits [batch, exits, classes], the last exit is the student's own classifier"}
     return SchemeOutcome(Trained(model, seconds, final["val_accuracy"], final["test_accuracy"]), entry,
                          files={EXITS_FILE: exits})
 
