@@ -1,0 +1,1 @@
+"""Weight-sharing supernet: train once, rank many members by inherited weights."""
