@@ -32,7 +32,12 @@ def member_pool(space: SearchSpace, net: Supernet, input_shape: tuple[int, int, 
                 size: int, seed: int = 0, max_draws: int = 200_000) -> list[ArchSpec]:
     """``size`` distinct members of ``space`` that ``net`` holds and that fit ``budget_flops``,
     drawn at random (seeded), cheapest first."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a scratch study: its creation is not news
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     found: dict[str, tuple[int, ArchSpec]] = {}
     for _ in range(max_draws):
         if len(found) == size:
