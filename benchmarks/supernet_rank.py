@@ -19,6 +19,9 @@ is prepared as the search prepares it. Then, in one folder ``--out``:
     python benchmarks/supernet_rank.py truth --out /work/runs/supernet --shard 0/2 --threads 1 &
     python benchmarks/supernet_rank.py truth --out /work/runs/supernet --shard 1/2 --threads 1
     python benchmarks/supernet_rank.py rank --out /work/runs/supernet
+
+``--space benchmarks/spaces/shared.yaml`` measures the same on a space built for sharing (one block
+kind, 4 stages, one activation), with its own ``--out`` and ``--csv``.
 """
 
 from __future__ import annotations
@@ -51,15 +54,15 @@ HERE = Path(__file__).parent
 CALIBRATION_IMAGES = 2048
 
 
-def _run(out: Path, threads: int, budget: str):  # noqa: ANN202 - a search Run
+def _run(out: Path, threads: int, budget: str, space: str):  # noqa: ANN202 - a search Run
     torch.set_num_threads(threads)
-    cfg = parse_args(["--budget", budget, "--studies-dir", str(out / "studies"), "--study-name", "supernet-bench",
-                      "--workers", "1", "--threads", str(threads), "--seed", "0"])
+    cfg = parse_args(["--budget", budget, "--space", space, "--studies-dir", str(out / "studies"),
+                      "--study-name", "supernet-bench", "--workers", "1", "--threads", str(threads), "--seed", "0"])
     return prepare(cfg, Progress(quiet=True))
 
 
 def _setup(a: argparse.Namespace):  # noqa: ANN202
-    run = _run(Path(a.out), a.threads, a.budget)
+    run = _run(Path(a.out), a.threads, a.budget, a.space)
     shape = SupernetShape.of(run.space, run.split.input_shape[0], run.split.num_classes)
     torch.manual_seed(run.cfg.seed)
     net = Supernet(shape)
@@ -151,6 +154,8 @@ def main() -> None:
     p.add_argument("what", choices=("train", "truth", "rank"))
     p.add_argument("--out", required=True)
     p.add_argument("--budget", default="5MFLOPs")
+    p.add_argument("--space", default="default", help="the search space (a name, or a YAML path such as "
+                   "benchmarks/spaces/shared.yaml); give each space its own --out and --csv")
     p.add_argument("--pool", type=int, default=1000, help="members under the budget the sandwich draws from")
     p.add_argument("--members", type=int, default=12, help="members trained for the truth")
     p.add_argument("--epochs", type=float, default=3.0, help="supernet training epochs")
