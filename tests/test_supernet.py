@@ -49,6 +49,20 @@ def test_a_member_on_shared_weights_is_its_extracted_student(supernet):
             assert torch.allclose(supernet(x, spec), student(x), atol=1e-4), spec.summary()
 
 
+def test_a_space_built_for_sharing_has_expansion_1_blocks_that_extract_exactly():
+    from tests.conftest import ROOT
+
+    space = load_space(str(ROOT / "benchmarks" / "spaces" / "shared.yaml"))
+    torch.manual_seed(1)
+    net = Supernet(SupernetShape.of(space, 1, 10))
+    specs = _members(space, 6, seed=3)
+    assert any(st.expansion == 1 for spec in specs for st in spec.stages)
+    x = torch.randn(4, 1, 28, 28)
+    for spec in specs:
+        with torch.no_grad():
+            assert torch.allclose(net(x, spec), net.extract(spec).train()(x), atol=1e-4), spec.summary()
+
+
 def test_members_share_weights_and_training_one_moves_another(supernet):
     small = parse_summary("stem16/s1 | ds k3 c24 s2 x1 | ds k3 c64 s2 x2 | fc | relu", 1, 10)
     big = parse_summary("stem32/s1 | ds k5 c48 s2 x2 | ir4 k5 c128 s2 x3 | ds k3 c256 s2 x1 | fc | relu", 1, 10)
