@@ -84,11 +84,12 @@ def _train(a: argparse.Namespace) -> None:
             print(f"step {step}/{total} loss {loss:.3f} at {time.perf_counter() - start:.0f} s", flush=True)
 
     start = time.perf_counter()
-    settings = replace(run.cfg.train, epochs=a.epochs)
+    settings = replace(run.cfg.train, epochs=a.epochs, lr=a.lr or run.cfg.train.lr)
     result = train_model(sandwich, run.x_train, run.y_train, settings, kd=run.cfg.kd,
                          teacher_logits=run.teacher_logits, on_step=keep, checkpoint=out / "supernet.ckpt")
     (out / "supernet-train.json").write_text(json.dumps({
-        "epochs": a.epochs, "steps": result.steps, "seconds": round(result.seconds, 1), "pool": len(pool),
+        "epochs": a.epochs, "lr": settings.lr, "steps": result.steps, "seconds": round(result.seconds, 1),
+        "pool": len(pool),
         "largest": pool[-1].summary(), "smallest": pool[0].summary(), "threads": a.threads}, indent=2))
 
 
@@ -159,6 +160,8 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=1000, help="members under the budget the sandwich draws from")
     p.add_argument("--members", type=int, default=12, help="members trained for the truth")
     p.add_argument("--epochs", type=float, default=3.0, help="supernet training epochs")
+    p.add_argument("--lr", type=float, help="supernet peak learning rate (default: the search's); the sandwich "
+                   "sums 4 members' losses, so its gradients are about 4x one member's")
     p.add_argument("--shard", default="0/1")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--csv", default=str(HERE / "supernet_rank.csv"))
