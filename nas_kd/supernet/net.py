@@ -69,21 +69,14 @@ class SupernetShape:
         return self.stem_channels if position == 0 else self.stage_channels[position - 1]
 
 
-def _conv(cin: int, cout: int, kernel: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=False)
-
-
-def _bn(c: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(c, track_running_stats=False)
-
-
 class _ConvBn(nn.Module):
     """A full-size conv and its batch norm; ``run`` uses the leading slice of both."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 1, depthwise: bool = False) -> None:
         super().__init__()
-        self.conv = _conv(cout, cout, kernel, groups=cout) if depthwise else _conv(cin, cout, kernel)
-        self.bn = _bn(cout)
+        self.conv = nn.Conv2d(cout if depthwise else cin, cout, kernel, padding=kernel // 2,
+                              groups=cout if depthwise else 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout, track_running_stats=False)  # members recalibrate their own
         self.depthwise = depthwise
 
     def weight(self, cin: int, cout: int, kernel: int) -> torch.Tensor:
@@ -98,7 +91,9 @@ class _ConvBn(nn.Module):
         x = F.conv2d(x, w, None, stride, kernel // 2, 1, cout if self.depthwise else 1)
         return F.batch_norm(x, None, None, self.bn.weight[:cout], self.bn.bias[:cout], True, 0.0, self.bn.eps)
 
-    def copy_to(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    def copy_to(self, layer: nn.Sequential) -> None:
+        """Into a student's conv → batch norm (→ activation) layer: this layer's slice of its size."""
+        conv, bn = layer[0], layer[1]
         kernel, cout = conv.kernel_size[0], conv.out_channels
         conv.weight.copy_(self.weight(conv.in_channels, cout, kernel))
         bn.weight.copy_(self.bn.weight[:cout])
@@ -160,12 +155,16 @@ class Supernet(nn.Module):
         for p, stage in enumerate(spec.stages):
             for b in range(stage.depth):
                 x = self._block(x, p, b, stage, stage.stride if b == 0 else 1)
-        p = len(spec.stages) - 1
-        if spec.head_channels:
-            x = self.act(self.heads[str(p)].run(x, spec.head_channels))
-        fc = self.classifiers[f"{p}-{int(bool(spec.head_channels))}"]
+        head, fc = self._tail(spec)
+        if head is not None:
+            x = self.act(head.run(x, spec.head_channels))
         x = x.mean((2, 3))
         return F.linear(x, fc.weight[:, : x.shape[1]], fc.bias)
+
+    def _tail(self, spec: ArchSpec) -> tuple[_ConvBn | None, nn.Linear]:
+        """The head (None without one) and classifier after ``spec``'s last stage."""
+        p = str(len(spec.stages) - 1)
+        return (self.heads[p] if spec.head_channels else None), self.classifiers[f"{p}-{int(bool(spec.head_channels))}"]
 
     def _block(self, x: torch.Tensor, p: int, b: int, stage: StageSpec, stride: int) -> torch.Tensor:
         cin, k = x.shape[1], stage.kernel
@@ -184,23 +183,16 @@ class Supernet(nn.Module):
         statistics unset: ``recalibrate_bn`` before evaluating it)."""
         self.check(spec)
         student = build_student(spec)
-        self.stem.copy_to(student.stem[0], student.stem[1])
+        self.stem.copy_to(student.stem)
         for p, stage in enumerate(spec.stages):
             for b, block in enumerate(student.stages[p]):
-                if stage.block == "ds":
-                    slot = self.ds[p][b]
-                    slot.dw.copy_to(block.dw[0], block.dw[1])
-                    slot.pw.copy_to(block.pw[0], block.pw[1])
-                    continue
-                slot = self.ir[p][b]
-                if stage.expansion != 1:
-                    slot.expand.copy_to(block.expand[0], block.expand[1])
-                slot.dw.copy_to(block.dw[0], block.dw[1])
-                slot.project.copy_to(block.project[0], block.project[1])
-        p = len(spec.stages) - 1
-        if spec.head_channels:
-            self.heads[str(p)].copy_to(student.head[0], student.head[1])
-        fc = self.classifiers[f"{p}-{int(bool(spec.head_channels))}"]
+                slot = (self.ds if stage.block == "ds" else self.ir)[p][b]
+                for name, shared in slot.named_children():  # a slot's layers are named as the block's
+                    if not isinstance(layer := getattr(block, name), nn.Identity):  # ir1 has no expand
+                        shared.copy_to(layer)
+        head, fc = self._tail(spec)
+        if head is not None:
+            head.copy_to(student.head)
         student.classifier.weight.copy_(fc.weight[:, : student.classifier.in_features])
         student.classifier.bias.copy_(fc.bias)
         return student
@@ -211,12 +203,13 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Modu
     """Reset every batch norm's running statistics and re-estimate them as plain averages over
     ``batches`` (BigNAS: an extracted member's own statistics, not the supernet's mixture)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
     for x in batches:
         model(x)
-    for m in norms:
-        m.momentum = 0.1
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
     return model.eval()

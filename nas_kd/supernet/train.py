@@ -30,8 +30,8 @@ SANDWICH_STEP = "sandwich"
 
 def member_pool(space: SearchSpace, net: Supernet, input_shape: tuple[int, int, int], budget_flops: int,
                 size: int, seed: int = 0, max_draws: int = 200_000) -> list[ArchSpec]:
-    """``size`` distinct members of ``space`` that ``net`` holds and that fit ``budget_flops``,
-    drawn at random (seeded), cheapest first."""
+    """Up to ``size`` distinct members of ``space`` that ``net`` holds and that fit ``budget_flops``
+    (fewer when ``max_draws`` random draws find fewer), drawn at random (seeded), cheapest first."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a scratch study: its creation is not news
     try:
