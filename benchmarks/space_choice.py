@@ -74,6 +74,17 @@ def train_row(spec: ArchSpec, split: Split, logits: torch.Tensor, a: argparse.Na
             "train_seconds": round(result.seconds, 1)}
 
 
+def warm_starts(a: argparse.Namespace) -> dict[str, str]:
+    """The given spaces' warm-start designs by name; exits with a message if ``--designs`` names
+    one they do not have (checked before anything trains, so a typo costs nothing)."""
+    designs = {name: line for p in a.spaces for name, line in load_space(str(p)).warm_start}
+    missing = [name for name in a.designs if name not in designs]
+    if missing:
+        raise SystemExit(f"--designs: {', '.join(missing)} not among the spaces' warm starts "
+                         f"({', '.join(designs) or 'none'}); name some of those, or pass --designs alone for none")
+    return designs
+
+
 def jobs(a: argparse.Namespace) -> Iterator[tuple[str, str, str, ArchSpec]]:
     """(space file name, space hash, sample label, spec) of every row the run asks for: each space's
     first ``a.samples`` members in the window, then the named hand designs."""
@@ -83,7 +94,7 @@ def jobs(a: argparse.Namespace) -> Iterator[tuple[str, str, str, ArchSpec]]:
         members = draws_in_window(space, a.seed, low, high)
         for i, spec in zip(range(a.samples), members, strict=False):
             yield label, space.sha256[:12], str(i), spec
-    designs = {name: line for space in spaces.values() for name, line in space.warm_start}
+    designs = warm_starts(a)
     for name in a.designs:
         yield "hand", "", name, parse_summary(designs[name], SHAPE[0], 10)
 
@@ -115,7 +126,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--spaces", nargs="+", default=[str(c) for c in CANDIDATES])
     p.add_argument("--samples", type=int, default=12, help="trained members per space")
-    p.add_argument("--designs", nargs="*", default=["mobilenet-5m", "mobilenet-4m-wide", "mobilenet-v1-plain"])
+    p.add_argument("--designs", nargs="*", default=["mobilenet-5m", "mobilenet-4m-wide"],
+                   help="warm-start names of the given spaces, trained as reference points")
     p.add_argument("--low", default="3.5M")
     p.add_argument("--high", default="5M")
     p.add_argument("--steps", type=int, default=400)
@@ -129,6 +141,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(a.out)
     done = done_keys(out)
+    warm_starts(a)
     split = logits = None
     for space_name, sha, sample, spec in jobs(a):
         if (sha, str(a.seed), str(a.steps), sample) in done:
