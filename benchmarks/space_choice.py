@@ -85,16 +85,15 @@ def warm_starts(a: argparse.Namespace) -> dict[str, str]:
     return designs
 
 
-def jobs(a: argparse.Namespace) -> Iterator[tuple[str, str, str, ArchSpec]]:
+def jobs(a: argparse.Namespace, designs: dict[str, str]) -> Iterator[tuple[str, str, str, ArchSpec]]:
     """(space file name, space hash, sample label, spec) of every row the run asks for: each space's
-    first ``a.samples`` members in the window, then the named hand designs."""
+    first ``a.samples`` members in the window, then the named hand designs (``designs``: name → line)."""
     spaces = {Path(p).stem: load_space(str(p)) for p in a.spaces}  # by file name: default-v1 says "default"
     low, high = parse_quantity(a.low), parse_quantity(a.high)
     for label, space in spaces.items():
         members = draws_in_window(space, a.seed, low, high)
         for i, spec in zip(range(a.samples), members, strict=False):
             yield label, space.sha256[:12], str(i), spec
-    designs = warm_starts(a)
     for name in a.designs:
         yield "hand", "", name, parse_summary(designs[name], SHAPE[0], 10)
 
@@ -141,9 +140,9 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(a.out)
     done = done_keys(out)
-    warm_starts(a)
+    designs = warm_starts(a)  # before any training, so a misnamed design costs nothing
     split = logits = None
-    for space_name, sha, sample, spec in jobs(a):
+    for space_name, sha, sample, spec in jobs(a, designs):
         if (sha, str(a.seed), str(a.steps), sample) in done:
             continue
         if split is None:  # data and teacher only once there is something to train
