@@ -211,3 +211,88 @@ def test_zero_threads_is_a_one_line_usage_error(study_dir, cache_dir, capsys, tm
     err = capsys.readouterr().err
     assert "--threads must be at least 1, got 0" in err and "Traceback" not in err
     assert not (tmp_path / "never").exists()
+
+
+def test_ranked_trials_for_screening():
+    from nas_kd.errors import UserError
+    from nas_kd.export.pick import ranked_trials
+
+    recs = [_rec(0, 0.80, 1e5), _rec(1, 0.90, 4e5), _rec(2, 0.91, 2e6), _rec(3, 0.99, 9e6, "infeasible"),
+            _rec(4, 0.85, 3e5), _rec(5, 0.90, 3e5)]
+    assert [r.number for r in ranked_trials(recs, "best", 3)] == [2, 5, 1]  # of equals, the cheaper first
+    assert [r.number for r in ranked_trials(recs, "max-acc-under:350k", 9)] == [5, 4, 0]
+    with pytest.raises(UserError, match="needs a ranking"):
+        ranked_trials(recs, "knee", 2)
+
+
+def test_screen_exports_the_best_screened_trial_and_reuses_the_screening(study_dir, cache_dir, monkeypatch):
+    import nas_kd.export.retrain as export_mod
+    from nas_kd.export.pick import ranked_trials
+    from nas_kd.study.records import trial_records
+
+    top = [r.number for r in ranked_trials(trial_records(_study(study_dir)), "best", 2)]
+    assert len(top) == 2, "the fixture study needs two trained trials"
+    runs, real = [], export_mod.train_model
+
+    def counted(*args, **kwargs):
+        runs.append(kwargs["settings"].epochs if "settings" in kwargs else args[3].epochs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export_mod, "train_model", counted)
+    assert export(study_dir, cache_dir, "--screen", "2", "--screen-epochs", "2", "--seed", "5",
+                  "--out", str(study_dir / "screened")) == 0
+    assert runs == [2, 2, 3]  # two screenings, then the export
+    card = json.loads((study_dir / "screened" / "model_card.json").read_text())
+    s = card["screening"]
+    assert [c["trial"] for c in s["candidates"]] == top and s["epochs"] == 2 and s["seed"] == 0
+    best = max(s["candidates"], key=lambda c: (c["screen_val_accuracy"], -c["flops"]))
+    assert card["trial"] == s["chosen_trial"] == best["trial"]
+    assert card["training"]["seed"] == 5 and card["training"]["epochs"] == 3
+    assert all(0 < c["screen_val_accuracy"] <= 1 and c["train_seconds"] > 0 for c in s["candidates"])
+    assert f"trial {best['trial']} (shipped)" in (study_dir / "screened" / "model_card.md").read_text()
+    folder = study_dir / "ex" / "screening"
+    assert len(list(folder.glob("*.json"))) == 2 and not list(folder.glob("*.pt")) + list(folder.glob("*.claim"))
+
+    runs.clear()  # another seed's export shares the screening: only its own training runs
+    assert export(study_dir, cache_dir, "--screen", "2", "--screen-epochs", "2", "--seed", "6",
+                  "--out", str(study_dir / "screened-6")) == 0
+    assert runs == [3]
+    again = json.loads((study_dir / "screened-6" / "model_card.json").read_text())
+    assert again["screening"]["candidates"] == s["candidates"] and again["trial"] == card["trial"]
+
+
+def test_screening_left_by_a_stopped_process_is_resumed(study_dir, cache_dir, tmp_path):
+    from nas_kd.export.pick import ranked_trials
+    from nas_kd.export.screen import screen_trials
+    from nas_kd.progress import Progress
+    from nas_kd.study.records import trial_records
+
+    study = _study(study_dir)
+    top = ranked_trials(trial_records(study), "best", 2)
+    folder = tmp_path / "screening"
+    folder.mkdir()
+    (folder / "stale.claim").write_text("elsewhere 1")  # unrelated names are left alone
+    kwargs = dict(epochs=1, augment=None, kd_targets_mode="clean", data_dir=None, cache_dir=str(cache_dir),
+                  progress=Progress())
+    first = screen_trials(study, top, folder, **kwargs)
+    for f in folder.glob("*.json"):  # as if the process had died holding its claims, results unwritten
+        f.with_suffix(".claim").write_text(f"{__import__('socket').gethostname()} 999999999")
+        f.unlink()
+    again = screen_trials(study, top, folder, **kwargs)
+    assert [s.val_accuracy for s in again] == [s.val_accuracy for s in first]
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".claim") == ["stale.claim"]
+
+
+def test_screen_mistakes_exit_2_and_write_nothing(study_dir, cache_dir, capsys, tmp_path):
+    out = tmp_path / "never"
+    for args, message in [(["--screen", "2", "--trial", "0"], "give --pick, not --trial"),
+                          (["--screen", "2", "--pick", "knee"], "needs a ranking"),
+                          (["--screen-epochs", "4"], "--screen-epochs applies with --screen K")]:
+        assert export(study_dir, cache_dir, *args, "--out", str(out)) == 2
+        assert message in capsys.readouterr().err
+    for args, message in [(["--screen", "0"], "--screen must be at least 1"),
+                          (["--screen", "2", "--screen-epochs", "-1"], "--screen-epochs must be above 0")]:
+        with pytest.raises(SystemExit) as stop:
+            export(study_dir, cache_dir, *args, "--out", str(out))
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()

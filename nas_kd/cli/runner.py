@@ -72,6 +72,21 @@ def positive_int(what: str) -> Callable[[str], int]:
     return parse
 
 
+def positive_float(what: str) -> Callable[[str], float]:
+    """An argparse type: a finite number > 0, else argparse's one-line usage error (exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{what} must be above 0, got {text!r}")
+        return value
+
+    return parse
+
+
 def set_threads(threads: int | None) -> int:
     """PyTorch's CPU threads: ``threads``, or every core when not given."""
     import torch

@@ -100,12 +100,22 @@ def model_card_markdown(card: dict) -> str:
         f"| ONNX vs PyTorch | max abs diff {card['onnx_max_abs_diff']:.1e} on {card['check_batch']} images |",
         *(int8_rows(card["int8"]) if "int8" in card else []),
         *(recipe_rows(card["recipe"]) if card.get("recipe", {}).get("name", "kd") != "kd" else []),
+        *(screening_rows(card["screening"]) if "screening" in card else []),
         "", f"FLOP convention: {card['flop_convention']}.", "",
         "Files: `spec.json` (architecture), `weights.safetensors`, `model.ts` (TorchScript), `model.onnx`"
         + (f", `{card['int8']['path']}` (int8)." if "int8" in card else "."),
         "Load in Python: `nas_kd.load_student(folder)`.", "",
     ]
     return "\n".join(lines)
+
+
+def screening_rows(s: dict) -> list[str]:
+    """The Markdown rows of ``--screen``: each candidate's search and screening validation accuracy."""
+    return [f"| screening | the {len(s['candidates'])} best trials, {s['epochs']:g} epochs each; the highest "
+            f"{s['chosen_by']} is shipped |",
+            *(f"| trial {c['trial']}{' (shipped)' if c['trial'] == s['chosen_trial'] else ''} | "
+              f"{c['flops']:,} FLOPs; val {c['search_val_accuracy']:.2%} in the search, "
+              f"{c['screen_val_accuracy']:.2%} screened ({c['train_seconds']:.0f} s) |" for c in s["candidates"])]
 
 
 def recipe_rows(r: dict) -> list[str]:

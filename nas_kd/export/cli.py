@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from nas_kd.cli.runner import positive_int, run_command, set_threads
+from nas_kd.cli.runner import positive_float, positive_int, run_command, set_threads
 from nas_kd.errors import UserError
-from nas_kd.export.pick import add_trial_arguments, pick_trial
+from nas_kd.export.pick import add_trial_arguments, pick_trial, ranked_trials
 from nas_kd.export.qat import QAT_EPOCHS
 from nas_kd.export.quantize import CALIBRATION_IMAGES, DEFAULT_MAX_DROP, INT8_FILE
 from nas_kd.export.retrain import DATASET_EXPORT_EPOCHS, DEFAULT_KD_TARGETS, EXPORT_EPOCHS, EXPORT_MIN_STEPS
@@ -28,7 +28,9 @@ from nas_kd.export.schemes import (
     check_options,
     scheme_names,
 )
+from nas_kd.export.screen import SCREEN_EPOCHS, chosen, screen_trials, screening_entry, screening_folder
 from nas_kd.export.trial import export_trial
+from nas_kd.progress import Progress
 from nas_kd.quantity import format_quantity
 from nas_kd.study.records import trial_records
 from nas_kd.study.storage import open_named_study
@@ -60,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--exits", action="store_true", help="ship the student with an early exit after every stage "
                    "(trained by --recipe self, which this implies); the card gives accuracy, mean FLOPs and latency "
                    "per confidence threshold")
+    p.add_argument("--screen", type=positive_int("--screen"), default=1, metavar="K",
+                   help="first train the K best trials under --pick for --screen-epochs each with this export's "
+                   "KD recipe, then export the one with the highest validation accuracy (default 1: no screening; "
+                   "see docs/export.md)")
+    p.add_argument("--screen-epochs", type=positive_float("--screen-epochs"),
+                   help=f"--screen: epochs of each screening run (default {SCREEN_EPOCHS})")
     p.add_argument("--ablation", action="store_true", help="also train the same architecture from labels only")
     p.add_argument("--augment", help=f"{', '.join(AUGMENTATIONS)} (default: crop-flip for fashion-mnist, "
                    "none for other data)")
@@ -113,11 +121,11 @@ def _export(a: argparse.Namespace) -> int:
     scheme = scheme_options(a)
     set_threads(a.threads)
     study = open_named_study(a.study_name, a.studies_dir, a.storage)
-    record = pick_trial(trial_records(study), trial=a.trial, pick=a.pick)
+    record, screening = _picked(a, study)
     out = Path(a.out) if a.out else Path(a.studies_dir) / a.study_name / f"export-trial{record.number}"
     result = export_trial(study, record, out, epochs=a.epochs, ablation=a.ablation, augment=a.augment,
                           kd_targets_mode=a.kd_targets, seed=a.seed, data_dir=a.data_dir, cache_dir=a.cache_dir,
-                          int8_max_drop=a.int8_max_drop if a.int8 else None, scheme=scheme)
+                          int8_max_drop=a.int8_max_drop if a.int8 else None, scheme=scheme, screening=screening)
     c = result.card
     print(f"{'exported' if result.retrained else 'quantized the finished export of'} trial {c['trial']} "
           f"{'to' if result.retrained else 'in'} {result.folder}: {format_quantity(c['flops'])} FLOPs, "
@@ -125,6 +133,22 @@ def _export(a: argparse.Namespace) -> int:
           + (f" (labels only {c['ablation']['labels_only_test_accuracy']:.2%})" if "ablation" in c else "")
           + (int8_summary(c["int8"]) if "int8" in c else ""))
     return 0
+
+
+def _picked(a: argparse.Namespace, study) -> tuple:  # noqa: ANN001 - an optuna.Study
+    """The trial to export and, with ``--screen K``, the card's screening entry (else None)."""
+    if a.screen_epochs is not None and a.screen == 1:
+        raise UserError("--screen-epochs applies with --screen K (K of 2 or more)")
+    if a.screen == 1:
+        return pick_trial(trial_records(study), trial=a.trial, pick=a.pick), None
+    if a.trial is not None:
+        raise UserError("--screen chooses among the best trials under --pick: give --pick, not --trial")
+    candidates = ranked_trials(trial_records(study), a.pick, a.screen)
+    epochs = a.screen_epochs or SCREEN_EPOCHS
+    results = screen_trials(study, candidates, screening_folder(a.studies_dir, a.study_name), epochs=epochs,
+                            augment=a.augment, kd_targets_mode=a.kd_targets, data_dir=a.data_dir,
+                            cache_dir=a.cache_dir, progress=Progress())
+    return chosen(results).record, screening_entry(results, epochs)
 
 
 def int8_summary(q: dict) -> str:

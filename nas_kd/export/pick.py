@@ -31,24 +31,39 @@ def pick_trial(records: list[TrialRecord], *, trial: int | None = None, pick: st
     front point farthest from the line joining its ends), or ``max-acc-under:BUDGET``.
 
     Raises UserError when that trial does not exist or was not trained within budget."""
-    done = front_candidates(records)
     if trial is not None:
-        return _numbered(records, done, trial)
-    if not records:
-        raise UserError("the study has no trials yet: run nas_kd.search.cli first")
-    if not done:
-        raise UserError("no trial of this study is trained within budget: nothing to export")
-    if pick == "best":
-        return _most_accurate(done)
+        return _numbered(records, front_candidates(records), trial)
+    if pick == "knee":
+        return _knee(front_records(_trained(records)))
+    return ranked_trials(records, pick, 1)[0]
+
+
+def ranked_trials(records: list[TrialRecord], pick: str, k: int) -> list[TrialRecord]:
+    """The ``k`` best trials under a ranking rule (``best`` or ``max-acc-under:BUDGET``), best first:
+    highest validation accuracy, of equals the cheaper. Fewer when fewer qualify, never none.
+
+    Raises UserError for an unknown rule, for ``knee`` (a point, not a ranking), or when none qualify."""
+    done = _trained(records)
     if pick.startswith("max-acc-under"):
         limit = parse_quantity(pick.split(":", 1)[1] if ":" in pick else "", what="max-acc-under budget")
-        under = [r for r in done if r.flops <= limit]
-        if not under:
+        done = [r for r in done if r.flops <= limit]
+        if not done:
             raise UserError(f"no trained trial has at most {format_quantity(limit)} FLOPs")
-        return _most_accurate(under)
-    if pick == "knee":
-        return _knee(front_records(records))
-    raise UserError(f"unknown --pick {pick!r}: use {PICKS}")
+    elif pick == "knee":
+        raise UserError("--screen needs a ranking: use it with --pick best or --pick max-acc-under:BUDGET, not knee")
+    elif pick != "best":
+        raise UserError(f"unknown --pick {pick!r}: use {PICKS}")
+    return sorted(done, key=lambda r: (-r.val_accuracy, r.flops))[:k]
+
+
+def _trained(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The trained, feasible trials (UserError when there are none)."""
+    if not records:
+        raise UserError("the study has no trials yet: run nas_kd.search.cli first")
+    done = front_candidates(records)
+    if not done:
+        raise UserError("no trial of this study is trained within budget: nothing to export")
+    return done
 
 
 def _numbered(records: list[TrialRecord], done: list[TrialRecord], trial: int) -> TrialRecord:
@@ -60,11 +75,6 @@ def _numbered(records: list[TrialRecord], done: list[TrialRecord], trial: int) -
         why = r.fail_reason or ("over budget, never trained" if r.status == Status.INFEASIBLE else r.status)
         raise UserError(f"trial {trial} cannot be exported: it is {r.status} ({why}); pick a trained trial")
     return r
-
-
-def _most_accurate(records: list[TrialRecord]) -> TrialRecord:
-    """Highest validation accuracy; of equals, the cheaper."""
-    return max(records, key=lambda r: (r.val_accuracy, -r.flops))
 
 
 def _knee(front: list[TrialRecord]) -> TrialRecord:

@@ -127,8 +127,12 @@ def resume_folder(out: Path) -> Path:
 
 def checkpoint_file(out: Path, label: str, **run: object) -> Path:
     """A checkpoint named by everything that shapes the training, so a changed command starts afresh."""
-    key = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return resume_folder(out) / f"{label}-{key}.pt"
+    return resume_folder(out) / f"{run_name(label, **run)}.pt"
+
+
+def run_name(label: str, **run: object) -> str:
+    """``label`` and a hash of ``run``: a file name that changes whenever the training would."""
+    return f"{label}-{hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]}"
 
 
 class TrainingClock:

@@ -45,14 +45,16 @@ class ExportResult:
 def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs: float | None, ablation: bool,
                  augment: str | None = None, kd_targets_mode: str = DEFAULT_KD_TARGETS, seed: int | None = None,
                  data_dir: str | None = None, cache_dir: str | None = None, int8_max_drop: float | None = None,
-                 scheme: SchemeOptions | None = None, progress: Progress | None = None) -> ExportResult:
+                 scheme: SchemeOptions | None = None, progress: Progress | None = None,
+                 screening: dict | None = None) -> ExportResult:
     """Retrain ``record``'s architecture with KD on the whole training split (augmented: a long run
     needs it, a 2-epoch search trial does not), evaluate once on test, and write the export folder
     ``out`` (atomically). An interrupted training is resumed by the same call.
 
     With ``int8_max_drop`` (points of validation accuracy) the folder also gets ``model.int8.onnx``;
     when ``out`` already holds a finished export of this recipe, that student is quantized in place.
-    ``scheme`` is the distillation recipe (``--recipe``; default: KD from the study's teacher)."""
+    ``scheme`` is the distillation recipe (``--recipe``; default: KD from the study's teacher);
+    ``screening`` (``--screen``) goes on the card as how this trial was chosen."""
     progress, scheme = progress or Progress(), scheme or SchemeOptions()
     check_options(scheme)
     recipe = read_recipe(study, record, epochs=epochs, augment=augment, kd_targets_mode=kd_targets_mode, seed=seed,
@@ -68,6 +70,8 @@ def export_trial(study: optuna.Study, record: TrialRecord, out: Path, *, epochs:
         student = outcome.student
         card = model_card(study.study_name, record, recipe, student)
         card["recipe"] = {**outcome.entry, **scheme.key()}
+        if screening is not None:
+            card["screening"] = screening
         progress.log(f"export: {scheme.name} student test accuracy {student.test_accuracy:.2%} "
                      f"(val {student.val_accuracy:.2%}) after {format_seconds(student.seconds)}")
         if ablation:
