@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import optuna
+
 from nas_kd.cli.runner import positive_float, positive_int, run_command, set_threads
 from nas_kd.errors import UserError
 from nas_kd.export.pick import add_trial_arguments, pick_trial, ranked_trials
@@ -32,7 +34,7 @@ from nas_kd.export.screen import SCREEN_EPOCHS, chosen, screen_trials, screening
 from nas_kd.export.trial import export_trial
 from nas_kd.progress import Progress
 from nas_kd.quantity import format_quantity
-from nas_kd.study.records import trial_records
+from nas_kd.study.records import TrialRecord, trial_records
 from nas_kd.study.storage import open_named_study
 from nas_kd.teacher import KD_TARGETS
 from nas_kd.train import AUGMENTATIONS
@@ -135,7 +137,7 @@ def _export(a: argparse.Namespace) -> int:
     return 0
 
 
-def _picked(a: argparse.Namespace, study) -> tuple:  # noqa: ANN001 - an optuna.Study
+def _picked(a: argparse.Namespace, study: optuna.Study) -> tuple[TrialRecord, dict | None]:
     """The trial to export and, with ``--screen K``, the card's screening entry (else None)."""
     if a.screen_epochs is not None and a.screen == 1:
         raise UserError("--screen-epochs applies with --screen K (K of 2 or more)")
