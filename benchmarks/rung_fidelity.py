@@ -100,6 +100,20 @@ def _summary(out: Path, study_name: str) -> None:
         print(f"{column:12s} Kendall tau vs export test {kendall_tau(score, export):+.2f}, "
               f"vs export val {kendall_tau(score, [float(r['export_val']) for r in rows]):+.2f}; "
               f"top-5 precision {len(top5 & best5) / 5:.1f}")
+    _screening(rows)
+
+
+def _screening(rows: list[dict]) -> None:
+    """What ``nas_kd.export --screen K`` would ship, read off these rows: of the K best by final score,
+    the highest export-length validation accuracy; its export test against plain ``--pick best``'s."""
+    ranked = sorted(rows, key=lambda r: (-float(r["final_score"]), float(r["flops"])))
+    for k in range(2, min(len(ranked), 5) + 1):
+        pool = ranked[:k]
+        pick = max(pool, key=lambda r: (float(r["export_val"]), -float(r["flops"])))
+        best = max(float(r["export_test"]) for r in pool)
+        print(f"--screen {k}: ships trial {pick['trial']} (export val {float(pick['export_val']):.2%}, test "
+              f"{float(pick['export_test']):.2%}); --pick best ships trial {ranked[0]['trial']} (test "
+              f"{float(ranked[0]['export_test']):.2%}); the best test among the {k}: {best:.2%}")
 
 
 def main() -> None:
