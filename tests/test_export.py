@@ -282,6 +282,32 @@ def test_screening_left_by_a_stopped_process_is_resumed(study_dir, cache_dir, tm
     assert [s.val_accuracy for s in again] == [s.val_accuracy for s in first]
     assert sorted(p.name for p in folder.iterdir() if p.suffix == ".claim") == ["stale.claim"]
 
+    # a live process's claim is waited for, and its result used rather than trained again
+    import os
+    import socket
+    import threading
+
+    import nas_kd.export.screen as screen_mod
+
+    result = sorted(folder.glob("*.json"))[0]
+    result.unlink()
+    result.with_suffix(".claim").write_text(f"{socket.gethostname()} {os.getpid()}")
+
+    def other_export_finishes():
+        result.write_text(json.dumps({"val_accuracy": 0.5, "seconds": 1.0}))
+        result.with_suffix(".claim").unlink()
+
+    timer = threading.Timer(2.0, other_export_finishes)
+    timer.start()
+    try:
+        screen_mod.WAIT_SECONDS = 0.2
+        waited = screen_trials(study, top, folder, **kwargs)
+    finally:
+        screen_mod.WAIT_SECONDS = 10.0
+        timer.join()
+    number = int(result.name.split("-")[0].removeprefix("trial"))
+    assert {s.record.number: s.val_accuracy for s in waited}[number] == 0.5
+
 
 def test_screen_mistakes_exit_2_and_write_nothing(study_dir, cache_dir, capsys, tmp_path):
     out = tmp_path / "never"

@@ -30,6 +30,7 @@ from nas_kd.study.records import TrialRecord
 from nas_kd.train import accuracy
 
 SCREEN_EPOCHS = 20  # the length proxy fidelity is measured against (issue 19)
+WAIT_SECONDS = 10.0  # how often an export waiting for another's screening looks again
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def screen_trials(study: optuna.Study, candidates: list[TrialRecord], folder: Pa
     The study's seed, not the export's: exports of one study at several seeds share one screening and
     ship the same architecture. Exports screening at once share the work: each trains the candidates
     no other is training (a claim file per run) and waits for the rest."""
-    clock, results, recipes = TrainingClock(trainings=len(candidates)), {}, {}
+    clock, results, recipes, waiting = TrainingClock(trainings=len(candidates)), {}, {}, False
     while len(results) < len(candidates):
         trained_here = False
         for i, record in enumerate(candidates, 1):
@@ -81,11 +82,12 @@ def screen_trials(study: optuna.Study, candidates: list[TrialRecord], folder: Pa
                              f"{record.val_accuracy:.2%}): {epochs:g} epochs, val {done['val_accuracy']:.2%} "
                              f"({format_seconds(done['seconds'])})")
         if len(results) < len(candidates) and not trained_here:
-            time.sleep(WAIT_SECONDS)  # the rest are being screened by another export
+            if not waiting:
+                progress.log(f"export: waiting for another export screening trial(s) "
+                             f"{', '.join(str(r.number) for r in candidates if r.number not in results)}")
+            waiting = True
+            time.sleep(WAIT_SECONDS)
     return [results[r.number] for r in candidates]
-
-
-WAIT_SECONDS = 10.0
 
 
 def _screen(recipe: Recipe, stem: Path, label: str, clock: TrainingClock, progress: Progress) -> dict:
