@@ -11,6 +11,7 @@ rerun with ``--int8``) is not trained again."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ from nas_kd.distill.losses import needs_features
 from nas_kd.export.retrain import Recipe, TrainingClock, fit, read_recipe, run_name
 from nas_kd.files import write_json
 from nas_kd.model.builder import build_student
+from nas_kd.model.spec import ArchSpec
 from nas_kd.progress import Progress, format_seconds
 from nas_kd.study.records import TrialRecord
 from nas_kd.train import accuracy
@@ -55,18 +57,17 @@ def screen_trials(study: optuna.Study, candidates: list[TrialRecord], folder: Pa
     The study's seed, not the export's: exports of one study at several seeds share one screening and
     ship the same architecture. Exports screening at once share the work: each trains the candidates
     no other is training (a claim file per run) and waits for the rest."""
-    clock, results, recipes, waiting = TrainingClock(trainings=len(candidates)), {}, {}, False
+    recipes = _recipes(study, candidates, epochs=epochs, augment=augment, kd_targets_mode=kd_targets_mode,
+                       data_dir=data_dir, cache_dir=cache_dir, progress=progress)
+    names = {r.number: run_name(f"trial{r.number}", study=study.study_name, kd=asdict(recipes[r.number].kd),
+                                **recipes[r.number].run_key()) for r in candidates}
+    clock, results, waiting = TrainingClock(trainings=len(candidates)), {}, False
     while len(results) < len(candidates):
         trained_here = False
         for i, record in enumerate(candidates, 1):
             if record.number in results:
                 continue
-            if record.number not in recipes:
-                recipes[record.number] = read_recipe(
-                    study, record, epochs=epochs, augment=augment, kd_targets_mode=kd_targets_mode, seed=None,
-                    data_dir=data_dir, cache_dir=cache_dir, progress=progress)
-            recipe = recipes[record.number]
-            name = run_name(f"trial{record.number}", study=study.study_name, kd=asdict(recipe.kd), **recipe.run_key())
+            recipe, name = recipes[record.number], names[record.number]
             done = _result(folder / f"{name}.json")
             if done is None and _claim(folder / f"{name}.claim"):
                 try:
@@ -88,6 +89,14 @@ def screen_trials(study: optuna.Study, candidates: list[TrialRecord], folder: Pa
             waiting = True
             time.sleep(WAIT_SECONDS)
     return [results[r.number] for r in candidates]
+
+
+def _recipes(study: optuna.Study, candidates: list[TrialRecord], **read: object) -> dict[int, Recipe]:
+    """Each candidate's recipe. The data, teacher and targets are read once: candidates with the same KD
+    settings as the first (all of them, unless searched with ``--kd search``) differ from it only by spec."""
+    first = read_recipe(study, candidates[0], seed=None, **read)
+    return {r.number: dataclasses.replace(first, spec=ArchSpec.from_dict(r.spec)) if r.kd == candidates[0].kd
+            else read_recipe(study, r, seed=None, **read) for r in candidates}
 
 
 def _screen(recipe: Recipe, stem: Path, label: str, clock: TrainingClock, progress: Progress) -> dict:
