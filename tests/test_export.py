@@ -309,6 +309,44 @@ def test_screening_left_by_a_stopped_process_is_resumed(study_dir, cache_dir, tm
     assert {s.record.number: s.val_accuracy for s in waited}[number] == 0.5
 
 
+def test_screening_time_left_counts_only_what_this_export_trains(study_dir, cache_dir, tmp_path, monkeypatch):
+    """Two exports sharing a screening each estimate the time left from the candidates they train, not
+    from those the other export is training (which made the estimate about twice too long)."""
+    import os
+    import socket
+
+    import nas_kd.export.screen as screen_mod
+    from nas_kd.export.pick import ranked_trials
+    from nas_kd.progress import Progress
+    from nas_kd.study.records import trial_records
+
+    study = _study(study_dir)
+    top = ranked_trials(trial_records(study), "best", 2)
+    folder = tmp_path / "screening"
+    kwargs = dict(epochs=1, augment=None, kd_targets_mode="clean", data_dir=None, cache_dir=str(cache_dir),
+                  progress=Progress())
+    screen_mod.screen_trials(study, top, folder, **kwargs)
+    results = sorted(folder.glob("*.json"))
+    for f in results:
+        f.unlink()
+    other = results[0]  # another live export is screening this one
+    other.with_suffix(".claim").write_text(f"{socket.gethostname()} {os.getpid()}")
+    left_after_start = []
+    real_fit = screen_mod.fit
+
+    def fit_recording_the_clock(recipe, model, kd, targets, label, checkpoint, clock, progress):
+        seconds = real_fit(recipe, model, kd, targets, label, checkpoint, clock, progress)
+        left_after_start.append(clock.not_started)
+        other.write_text(json.dumps({"val_accuracy": 0.5, "seconds": 1.0}))
+        other.with_suffix(".claim").unlink()
+        return seconds
+
+    monkeypatch.setattr(screen_mod, "fit", fit_recording_the_clock)
+    monkeypatch.setattr(screen_mod, "WAIT_SECONDS", 0.2)
+    screen_mod.screen_trials(study, top, folder, **kwargs)
+    assert left_after_start == [0]
+
+
 def test_screen_mistakes_exit_2_and_write_nothing(study_dir, cache_dir, capsys, tmp_path):
     out = tmp_path / "never"
     for args, message in [(["--screen", "2", "--trial", "0"], "give --pick, not --trial"),

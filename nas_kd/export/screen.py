@@ -70,6 +70,9 @@ def screen_trials(study: optuna.Study, candidates: list[TrialRecord], folder: Pa
             recipe, name = recipes[record.number], names[record.number]
             done = _result(folder / f"{name}.json")
             if done is None and _claim(folder / f"{name}.claim"):
+                # the time left counts only what no other export trains (fit counts this one)
+                clock.not_started = 1 + sum(not _taken(folder, names[r.number]) for r in candidates
+                                            if r.number not in results and r.number != record.number)
                 try:
                     done = _screen(recipe, folder / name, f"screening {i}/{len(candidates)}, trial {record.number}",
                                    clock, progress)
@@ -117,6 +120,12 @@ def _result(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _taken(folder: Path, name: str) -> bool:
+    """Whether the run ``name`` was screened already or another live export is screening it."""
+    claim = folder / f"{name}.claim"
+    return _result(folder / f"{name}.json") is not None or (claim.exists() and _claimed_by_live_process(claim))
 
 
 def _claim(path: Path) -> bool:
