@@ -261,7 +261,7 @@ def test_screen_exports_the_best_screened_trial_and_reuses_the_screening(study_d
     assert again["screening"]["candidates"] == s["candidates"] and again["trial"] == card["trial"]
 
 
-def test_screening_left_by_a_stopped_process_is_resumed(study_dir, cache_dir, tmp_path):
+def test_screening_left_by_a_stopped_process_is_resumed(study_dir, cache_dir, tmp_path, monkeypatch):
     from nas_kd.export.pick import ranked_trials
     from nas_kd.export.screen import screen_trials
     from nas_kd.progress import Progress
@@ -308,31 +308,14 @@ def test_screening_left_by_a_stopped_process_is_resumed(study_dir, cache_dir, tm
     number = int(result.name.split("-")[0].removeprefix("trial"))
     assert {s.record.number: s.val_accuracy for s in waited}[number] == 0.5
 
-
-def test_screening_time_left_counts_only_what_this_export_trains(study_dir, cache_dir, tmp_path, monkeypatch):
-    """Two exports sharing a screening each estimate the time left from the candidates they train, not
-    from those the other export is training (which made the estimate about twice too long)."""
-    import os
-    import socket
-
-    import nas_kd.export.screen as screen_mod
-    from nas_kd.export.pick import ranked_trials
-    from nas_kd.progress import Progress
-    from nas_kd.study.records import trial_records
-
-    study = _study(study_dir)
-    top = ranked_trials(trial_records(study), "best", 2)
-    folder = tmp_path / "screening"
-    kwargs = dict(epochs=1, augment=None, kd_targets_mode="clean", data_dir=None, cache_dir=str(cache_dir),
-                  progress=Progress())
-    screen_mod.screen_trials(study, top, folder, **kwargs)
+    # the time left counts only what this export trains, not what another export sharing the screening
+    # trains (that made the estimate about twice too long with two exports)
     results = sorted(folder.glob("*.json"))
     for f in results:
         f.unlink()
-    other = results[0]  # another live export is screening this one
+    other = results[0]
     other.with_suffix(".claim").write_text(f"{socket.gethostname()} {os.getpid()}")
-    left_after_start = []
-    real_fit = screen_mod.fit
+    left_after_start, real_fit = [], screen_mod.fit
 
     def fit_recording_the_clock(recipe, model, kd, targets, label, checkpoint, clock, progress):
         seconds = real_fit(recipe, model, kd, targets, label, checkpoint, clock, progress)
