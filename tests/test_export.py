@@ -297,13 +297,12 @@ def test_screening_left_by_a_stopped_process_is_resumed(study_dir, cache_dir, tm
         result.write_text(json.dumps({"val_accuracy": 0.5, "seconds": 1.0}))
         result.with_suffix(".claim").unlink()
 
+    monkeypatch.setattr(screen_mod, "WAIT_SECONDS", 0.2)
     timer = threading.Timer(2.0, other_export_finishes)
     timer.start()
     try:
-        screen_mod.WAIT_SECONDS = 0.2
         waited = screen_trials(study, top, folder, **kwargs)
     finally:
-        screen_mod.WAIT_SECONDS = 10.0
         timer.join()
     number = int(result.name.split("-")[0].removeprefix("trial"))
     assert {s.record.number: s.val_accuracy for s in waited}[number] == 0.5
@@ -325,7 +324,6 @@ def test_screening_left_by_a_stopped_process_is_resumed(study_dir, cache_dir, tm
         return seconds
 
     monkeypatch.setattr(screen_mod, "fit", fit_recording_the_clock)
-    monkeypatch.setattr(screen_mod, "WAIT_SECONDS", 0.2)
     screen_mod.screen_trials(study, top, folder, **kwargs)
     assert left_after_start == [0]
 
