@@ -33,6 +33,7 @@ Reference point (as in the report): accuracy at chance level (1/10), FLOPs at th
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -134,6 +135,38 @@ def best_under(events: list[tuple[float, int, float, float]], seconds: float) ->
     return [max((acc for acc, flops in latest.values() if flops <= level), default=0.0) for level in FRONT_LEVELS]
 
 
+def fully_trained(storage: str, name: str, seconds: float) -> list[tuple[float, float]]:
+    """(accuracy, FLOPs) of every candidate trained to the top length by ``seconds``: a search's
+    promotions to its top rung, or a one-rung run's candidates."""
+    events, _ = timeline(storage, name)
+    t0 = min(t.datetime_start for t in optuna.load_study(study_name=name, storage=storage).trials
+             if t.datetime_start is not None)
+    try:
+        rungs = optuna.load_study(study_name=name + RUNGS_SUFFIX, storage=storage).trials
+    except KeyError:
+        rungs = []
+    done = [t for t in rungs if t.state == optuna.trial.TrialState.COMPLETE
+            and (t.datetime_complete - t0).total_seconds() <= seconds]
+    if not done:  # one rung: every candidate trained to the top length
+        return [(acc, flops) for t, _, acc, flops in events if t <= seconds]
+    top = max(t.user_attrs[Attr.RUNG] for t in done)
+    flops = {n: f for _, n, _, f in events}
+    return [(t.values[0], flops[t.user_attrs[Attr.SOURCE]]) for t in done if t.user_attrs[Attr.RUNG] == top]
+
+
+def selection(arms: dict[str, list[tuple[float, float]]]) -> None:
+    """Does screening choose better students than drawing them? Each arm's fully trained students,
+    as residuals from one least-squares line of accuracy on log FLOPs fitted to all of them."""
+    points = [(math.log(f), a) for students in arms.values() for a, f in students]
+    mx, my = statistics.mean(x for x, _ in points), statistics.mean(y for _, y in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    for arm, students in arms.items():
+        residual = statistics.mean(a - my - slope * (math.log(f) - mx) for a, f in students)
+        median = statistics.median(f for _, f in students) / 1e6
+        print(f"  {arm:14s} {len(students):2d} students at the top length, median {median:.2f}M FLOPs, "
+              f"mean residual {residual * 100:+.2f} points (line: {slope * 100:.2f} points per e-fold of FLOPs)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -146,7 +179,16 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "search_vs_random.csv"))
     p.add_argument("--fronts", action="store_true",
                    help="only print each finished arm's best accuracy under 0.5/1/2/3/5 MFLOPs at --timeout")
+    p.add_argument("--selection", action="store_true",
+                   help="only print, per seed, how good each finished arm's fully trained students are for their FLOPs")
     a = p.parse_args()
+    if a.selection:
+        for seed in a.seeds:
+            dbs = {arm: Path(a.studies) / f"{arm}-seed{seed}.db" for arm in a.arms}
+            print(f"seed {seed}:")
+            selection({arm: fully_trained(f"sqlite:///{db}", f"{arm}-seed{seed}", a.timeout)
+                       for arm, db in dbs.items() if db.exists()})
+        return
     if a.fronts:
         for seed in a.seeds:
             for arm in a.arms:
