@@ -9,11 +9,14 @@ trained to the top rung's length under each ``--schedules`` (same split, KD targ
 search) and its validation accuracy recorded, one CSV row per (student, schedule) in
 ``rung_schedule.csv``. ``restarts`` replays the search exactly (``rung_fidelity.py`` reproduced all 10
 final scores of ``cold-seed4`` to the digit), so by default only ``straight`` is trained and a student
-that reached the top rung is compared with its recorded score. Resumable and shardable like
+that reached the top rung is compared with its recorded score. The other schedules are this
+benchmark's alone: it swaps the trainer's ``one_cycle`` for them (the search was not changed, since none
+of them measured better than one cycle straight; benchmarks/RESULTS.md). Resumable and shardable like
 ``rung_fidelity.py``:
 
     python benchmarks/rung_schedule.py --study-name cold-seed4 --studies-dir benchmarks/studies --shard 0/2 &
     python benchmarks/rung_schedule.py --study-name cold-seed4 --studies-dir benchmarks/studies --shard 1/2
+    python benchmarks/rung_schedule.py --study-name cold-seed4 --studies-dir benchmarks/studies --schedules wsd
     python benchmarks/rung_schedule.py --study-name cold-seed4 --summary
 """
 
@@ -39,25 +42,22 @@ from nas_kd.train.schedule import WARM_UP, one_cycle
 
 HERE = Path(__file__).parent
 # restarts-halfpeak / -quarterpeak / -2xpeak: each promotion restarts one-cycle at half / a quarter /
-# twice the peak rate; restarts-nowarm: at the peak rate with a warm-up of 1% instead of 15%.
+# twice the peak rate.
 # wsd / wsd50: warm-up, stable, decay (Hagele et al. 2024) annealing over the last 20% / 50%, trained
 # straight: a promotion resumed from its rung's pre-anneal state would train exactly so.
-SCHEDULES = ("restarts", "straight", "restarts-halfpeak", "restarts-quarterpeak", "restarts-2xpeak",
-             "restarts-nowarm", "wsd", "wsd50")
-PEAKS = {"restarts-halfpeak": 0.5, "restarts-quarterpeak": 0.25, "restarts-2xpeak": 2.0, "restarts-nowarm": 1.0}
+SCHEDULES = ("restarts", "straight", "restarts-halfpeak", "restarts-quarterpeak", "restarts-2xpeak", "wsd", "wsd50")
+PEAKS = {"restarts-halfpeak": 0.5, "restarts-quarterpeak": 0.25, "restarts-2xpeak": 2.0}
 
 
-def _restart_peak(factor: float, warm_up: float = WARM_UP):  # noqa: ANN202 - a one_cycle stand-in
-    """One-cycle whose later segments (the promotions' restarts) peak at ``factor`` times the rate,
-    after a warm-up of ``warm_up`` of the segment."""
+def _restart_peak(factor: float):  # noqa: ANN202 - a one_cycle stand-in
+    """One-cycle whose later segments (the promotions' restarts) peak at ``factor`` times the rate."""
     calls = []
 
     def schedule(opt: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
         calls.append(steps)
         if len(calls) == 1:
             return one_cycle(opt, lr, steps)
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr * factor, total_steps=max(1, steps),
-                                                   pct_start=warm_up)
+        return one_cycle(opt, lr * factor, steps)
     return schedule
 
 
@@ -84,7 +84,7 @@ def _train(run, spec: ArchSpec, schedule: str, rung: int) -> tuple[float, float]
     model = build_student(spec).to(memory_format=torch.channels_last)
     loop.one_cycle = one_cycle
     if schedule in PEAKS:
-        loop.one_cycle = _restart_peak(PEAKS[schedule], 0.01 if schedule == "restarts-nowarm" else WARM_UP)
+        loop.one_cycle = _restart_peak(PEAKS[schedule])
     elif schedule.startswith("wsd"):
         loop.one_cycle = _wsd(max(1, round(WARM_UP * rung_length(run, 0)[0])), 0.5 if schedule == "wsd50" else 0.2)
     start = time.perf_counter()
