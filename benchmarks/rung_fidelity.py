@@ -84,6 +84,19 @@ def _export_length(run, spec: ArchSpec, epochs: float) -> tuple[float, float, fl
             time.perf_counter() - start)
 
 
+def replay_flags(description: str, csv_name: str) -> argparse.ArgumentParser:
+    """The flags of a benchmark that retrains a finished study's ``--top`` students, sharded, into a CSV."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--study-name", required=True)
+    p.add_argument("--studies-dir", default="studies")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--shard", default="0/1")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--summary", action="store_true")
+    p.add_argument("--out", default=str(HERE / csv_name))
+    return p
+
+
 def _top(study, n: int) -> list:  # noqa: ANN001
     done = sorted(front_candidates(trial_records(study)), key=lambda r: -r.val_accuracy)
     return done[:n]
@@ -117,15 +130,8 @@ def _screening(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", required=True)
-    p.add_argument("--studies-dir", default="studies")
-    p.add_argument("--top", type=int, default=10)
+    p = replay_flags(__doc__.splitlines()[0], "rung_fidelity.csv")
     p.add_argument("--epochs", type=float, default=20)
-    p.add_argument("--shard", default="0/1")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--summary", action="store_true")
-    p.add_argument("--out", default=str(HERE / "rung_fidelity.csv"))
     a = p.parse_args()
     out = Path(a.out)
     if a.summary:

@@ -7,12 +7,12 @@ accuracy, the search's front sits lower than random search's for the same studen
 chooses to promote. For a finished study's ``--top`` students (the search's final score), each is
 trained to the top rung's length under each ``--schedules`` (same split, KD targets and seed as the
 search) and its validation accuracy recorded, one CSV row per (student, schedule) in
-``rung_schedule.csv``. ``restarts`` replays the search exactly (``rung_fidelity.py`` reproduced all 10
-final scores of ``cold-seed4`` to the digit), so by default only ``straight`` is trained and a student
-that reached the top rung is compared with its recorded score. The other schedules are this
-benchmark's alone: it swaps the trainer's ``one_cycle`` for them (the search was not changed, since none
-of them measured better than one cycle straight; benchmarks/RESULTS.md). Resumable and shardable like
-``rung_fidelity.py``:
+``rung_schedule.csv``. ``restarts`` replays the search exactly, and ``rung_fidelity.py`` has already
+done so for the same students (reproducing all 10 final scores of ``cold-seed4`` to the digit), so by
+default only ``straight`` is trained and ``--summary`` reads restarts' scores from ``rung_fidelity.csv``.
+The other schedules are this benchmark's alone: it swaps the trainer's ``one_cycle`` for them (the
+search was not changed, since none of them measured better than one cycle straight; RESULTS.md).
+Resumable and shardable like ``rung_fidelity.py``:
 
     python benchmarks/rung_schedule.py --study-name cold-seed4 --studies-dir benchmarks/studies --shard 0/2 &
     python benchmarks/rung_schedule.py --study-name cold-seed4 --studies-dir benchmarks/studies --shard 1/2
@@ -22,7 +22,6 @@ of them measured better than one cycle straight; benchmarks/RESULTS.md). Resumab
 
 from __future__ import annotations
 
-import argparse
 import csv
 import statistics
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 from csv_rows import append_rows
 from proxy_fidelity import kendall_tau
-from rung_fidelity import _run_of, _top
+from rung_fidelity import _run_of, _top, replay_flags
 
 from nas_kd.model.builder import build_student
 from nas_kd.model.spec import ArchSpec
@@ -78,8 +77,8 @@ def _wsd(warm_up: int, anneal: float):  # noqa: ANN202 - a one_cycle stand-in
     return schedule
 
 
-def _train(run, spec: ArchSpec, schedule: str, rung: int) -> tuple[float, float]:  # noqa: ANN001 - a search Run
-    steps, restarts = rung_length(run, rung)
+def _train(run, spec: ArchSpec, schedule: str) -> tuple[float, float]:  # noqa: ANN001 - a search Run
+    steps, restarts = rung_length(run, run.cfg.rungs - 1)
     torch.manual_seed(run.cfg.seed)
     model = build_student(spec).to(memory_format=torch.channels_last)
     loop.one_cycle = one_cycle
@@ -94,40 +93,28 @@ def _train(run, spec: ArchSpec, schedule: str, rung: int) -> tuple[float, float]
 
 
 def _summary(out: Path, study_name: str) -> None:
-    """Per rung and schedule: the mean accuracy against restarts' (the search's own, from its record at
-    the top rung, from ``rung_fidelity.csv`` below it), and Kendall tau against 20-epoch export test."""
+    """Per schedule: the mean accuracy against restarts' (the search's own, as ``rung_fidelity.py``
+    replayed it for the same students), and Kendall tau against its 20-epoch export test."""
     rows = [r for r in csv.DictReader(out.open()) if r["study"] == study_name]
     fidelity = {r["trial"]: r for r in csv.DictReader((HERE / "rung_fidelity.csv").open()) if r["study"] == study_name}
-    rungs = sorted({int(r.get("rung") or 2) for r in rows})
-    print(f"{study_name}: {len({r['trial'] for r in rows})} students")
-    for rung in rungs:
-        by = {(r["trial"], r["schedule"]): float(r["val_accuracy"]) for r in rows if int(r.get("rung") or 2) == rung}
-        for trial, record in fidelity.items():  # restarts replays the search: rung_fidelity.csv has it
-            if record.get(f"rung{rung}"):
-                by.setdefault((trial, "restarts"), float(record[f"rung{rung}"]))
-        for schedule in SCHEDULES:
-            trials = [t for t in fidelity if (t, schedule) in by and (t, "restarts") in by]
-            if not trials:
-                continue
-            gains = [by[t, schedule] - by[t, "restarts"] for t in trials]
-            tau = kendall_tau([by[t, schedule] for t in trials], [float(fidelity[t]["export_test"]) for t in trials])
-            mean = statistics.mean(by[t, schedule] for t in trials)
-            print(f"rung {rung} {schedule:9s} n={len(trials):2d} mean {mean:.2%}"
-                  f", minus restarts {statistics.mean(gains) * 100:+.2f} points (higher on "
-                  f"{sum(g > 0 for g in gains)}), Kendall tau vs 20-epoch export test {tau:+.2f}")
+    by = {(r["trial"], r["schedule"]): float(r["val_accuracy"]) for r in rows}
+    top = max(int(c[4:]) for c in next(iter(fidelity.values())) if c.startswith("rung") and c[4:].isdigit())
+    by.update({(t, "restarts"): float(r[f"rung{top}"]) for t, r in fidelity.items()})
+    print(f"{study_name}: {len({r['trial'] for r in rows})} students, at rung {top}")
+    for schedule in SCHEDULES:
+        trials = [t for t in fidelity if (t, schedule) in by]
+        if not trials:
+            continue
+        gains = [by[t, schedule] - by[t, "restarts"] for t in trials]
+        tau = kendall_tau([by[t, schedule] for t in trials], [float(fidelity[t]["export_test"]) for t in trials])
+        mean = statistics.mean(by[t, schedule] for t in trials)
+        print(f"{schedule:9s} n={len(trials):2d} mean {mean:.2%}, minus restarts {statistics.mean(gains) * 100:+.2f} "
+              f"points (higher on {sum(g > 0 for g in gains)}), Kendall tau vs 20-epoch export test {tau:+.2f}")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", required=True)
-    p.add_argument("--studies-dir", default="studies")
-    p.add_argument("--top", type=int, default=10)
+    p = replay_flags(__doc__.splitlines()[0], "rung_schedule.csv")
     p.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=["straight"])
-    p.add_argument("--rung", type=int, help="train to this rung's length (default: the top rung)")
-    p.add_argument("--shard", default="0/1")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--summary", action="store_true")
-    p.add_argument("--out", default=str(HERE / "rung_schedule.csv"))
     a = p.parse_args()
     out = Path(a.out)
     if a.summary:
@@ -136,19 +123,17 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     study, run = _run_of(a.study_name, a.studies_dir, a.threads)
     shard, shards = map(int, a.shard.split("/"))
-    rung = run.cfg.rungs - 1 if a.rung is None else a.rung
-    done = {(r["study"], r["trial"], r["schedule"], r.get("rung") or str(run.cfg.rungs - 1))
-            for r in csv.DictReader(out.open())} if out.exists() else set()
+    top = run.cfg.rungs - 1
+    done = {(r["study"], r["trial"], r["schedule"]) for r in csv.DictReader(out.open())} if out.exists() else set()
     jobs = [(record, s) for record in _top(study, a.top) for s in a.schedules]
     for i, (record, schedule) in enumerate(jobs):
-        if i % shards != shard or (a.study_name, str(record.number), schedule, str(rung)) in done:
+        if i % shards != shard or (a.study_name, str(record.number), schedule) in done:
             continue
-        val, seconds = _train(run, ArchSpec.from_dict(record.spec), schedule, rung)
+        val, seconds = _train(run, ArchSpec.from_dict(record.spec), schedule)
         row = {"date": date.today().isoformat(), "study": a.study_name, "trial": record.number,
-               "flops": record.flops, "schedule": schedule, "rung": rung, "steps": rung_length(run, rung)[0],
+               "flops": record.flops, "schedule": schedule, "rung": top, "steps": rung_length(run, top)[0],
                "val_accuracy": round(val, 4), "search_score": round(record.val_accuracy, 4),
-               "reached_top": record.rung == run.cfg.rungs - 1,
-               "seconds": round(seconds, 1), "summary": record.summary}
+               "reached_top": record.rung == top, "seconds": round(seconds, 1), "summary": record.summary}
         append_rows(out, [row])
         print(row, flush=True)
 
