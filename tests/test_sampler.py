@@ -88,3 +88,52 @@ def test_random_gives_trial_n_the_same_candidate_whichever_worker_asks():
     assert len(set(one_worker.values())) == 6  # each number its own candidate, not one repeated
     other_seed = optuna.create_study(sampler=make_sampler("random", 8))
     assert dict(_draw(other_seed, space) for _ in range(6)) != one_worker
+
+
+def test_flop_bands_halve_from_the_budget_down_to_the_cheapest_member():
+    from nas_kd.search.sampler import flop_bands
+
+    assert flop_bands(168_328, 5_000_000) == [(0.0, 312_500.0), (312_500.0, 625_000.0), (625_000.0, 1_250_000.0),
+                                              (1_250_000.0, 2_500_000.0), (2_500_000.0, 5_000_000.0)]
+    assert flop_bands(4_000_000, 5_000_000) == [(0.0, 5_000_000.0)]  # no room for a second band
+
+
+def test_a_draw_in_a_flop_range_is_a_member_of_that_range_and_rebuilds_as_one():
+    import numpy as np
+
+    from nas_kd.model.cost import analytic_flops
+    from nas_kd.search.space import load_space
+
+    space, shape = load_space("default"), (1, 28, 28)
+    rng = np.random.default_rng(0)
+    for band in [(0.0, 312_500.0), (2_500_000.0, 5_000_000.0)]:
+        draws = [space.draw(rng, shape, 10, band) for _ in range(5)]
+        specs = [space.sample(optuna.trial.FixedTrial(p), shape, 10) for p in draws]
+        assert all(band[0] < analytic_flops(s, shape) <= band[1] for s in specs)
+        assert len({repr(s) for s in specs}) == 5
+    assert space.draw(rng, shape, 10, (0.0, 1000.0), tries=200) is None  # nothing that cheap
+
+
+def test_stratified_gives_trial_n_a_member_of_band_n_whichever_worker_asks():
+    from nas_kd.model.cost import analytic_flops
+    from nas_kd.search.sampler import band_proposals, flop_bands
+    from nas_kd.search.space import load_space
+
+    space, shape = load_space("default"), (1, 28, 28)
+    bands = flop_bands(space.cheapest(shape, 10)[1], 5_000_000)
+
+    def sampler(offset=0):
+        propose = band_proposals(lambda rng, band: space.draw(rng, shape, 10, band), bands, seed=3)
+        return make_sampler("stratified", 3, offset=offset, propose=propose)
+
+    alone = optuna.create_study(sampler=sampler())
+    one_worker = dict(_draw(alone, space) for _ in range(10))
+    storage = optuna.storages.InMemoryStorage()
+    a = optuna.create_study(storage=storage, study_name="s", sampler=sampler())
+    b = optuna.load_study(storage=storage, study_name="s", sampler=sampler(offset=1003))
+    assert dict(_draw(w, space) for w in (a, b, b, a, b, a, a, b, a, b)) == one_worker
+    for trial in alone.trials:
+        flops = analytic_flops(space.sample(optuna.trial.FixedTrial(trial.params), shape, 10), shape)
+        low, high = bands[trial.number % len(bands)]
+        assert low < flops <= high
+    assert type(make_sampler("stratified", 3)) is type(make_sampler("random", 3))  # no proposals: random

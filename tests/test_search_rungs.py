@@ -186,3 +186,20 @@ def test_tpe_rungs_models_the_longest_rungs_in_a_real_search(tmp_path, cache_dir
     # TPE modelled (after its 10 random candidates) from scores that put promoted candidates at their longest rung
     assert seen and any(promoted and set(scores) >= promoted for scores, promoted in seen)
     assert len([t for t in study.trials if t.values]) >= 13 and _done(rungs)
+
+
+def test_stratified_search_trains_candidate_n_in_flop_band_n(tmp_path, cache_dir):
+    from nas_kd.search.sampler import flop_bands
+    from nas_kd.search.space import load_space
+
+    assert _search(tmp_path, cache_dir, "--trials", "4", "--promote-until", "0", "--sampler", "stratified") == 0
+    study, _ = _studies(tmp_path)
+    space = load_space("default")
+    identity = study.user_attrs["nas_kd.identity"]
+    bands = flop_bands(space.cheapest(tuple(identity["input_shape"]), identity["num_classes"])[1], 150_000)
+    assert len(bands) >= 2
+    trained = [t for t in study.trials if t.user_attrs.get("status") == "trained"]
+    assert len(trained) == 4
+    for t in trained:
+        low, high = bands[t.number % len(bands)]
+        assert low < t.user_attrs["flops"] <= high

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import optuna
 import torch
@@ -37,7 +39,7 @@ from nas_kd.search.promote import (
     try_claim,
 )
 from nas_kd.search.rungs import RungResult, promotable
-from nas_kd.search.sampler import make_sampler, rung_scores
+from nas_kd.search.sampler import band_proposals, flop_bands, make_sampler, rung_scores
 from nas_kd.study.records import INTERRUPTED_REASON, Attr, Status, is_trained
 from nas_kd.study.storage import ask_trial, file_lock
 
@@ -94,8 +96,17 @@ class _Loop:
         self.rungs = open_rungs(self.cfg.name, self.cfg.storage_url) if self.cfg.rungs > 1 else None
         scores = ((lambda: rung_scores(rung_results(self.study, self.rungs)))
                   if self.rungs is not None and self.cfg.sampler == "tpe-rungs" else None)
-        self.study.sampler = make_sampler(self.cfg.sampler, self.cfg.seed, scores, offset)
+        self.study.sampler = make_sampler(self.cfg.sampler, self.cfg.seed, scores, offset, self._proposals())
         self.start = time.perf_counter()
+
+    def _proposals(self) -> Callable[[int], dict[str, Any] | None] | None:
+        """What ``stratified`` proposes for each trial number: a member of its FLOP band."""
+        if self.cfg.sampler != "stratified":
+            return None
+        space, shape, classes = self.run.space, self.run.split.input_shape, self.run.split.num_classes
+        _, cheapest = space.cheapest(shape, classes)
+        return band_proposals(lambda rng, band: space.draw(rng, shape, classes, band),
+                              flop_bands(cheapest, self.cfg.budget_flops), self.cfg.seed)
 
     def until_done(self) -> TrialCounts:
         """New candidates until this process trained its share, promotions first whenever one is due

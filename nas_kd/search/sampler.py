@@ -35,13 +35,18 @@ STARTUP_TRIALS = 10  # random candidates before TPE models anything
 
 
 def make_sampler(name: str, seed: int, scores: Callable[[], dict[int, float]] | None = None,
-                 offset: int = 0) -> optuna.samplers.BaseSampler:
+                 offset: int = 0, propose: Callable[[int], dict[str, Any] | None] | None = None,
+                 ) -> optuna.samplers.BaseSampler:
     """The samplers a user can choose; all of them honour trial constraints (FLOPs, params).
     ``scores`` (candidate number -> score on rung 0's scale, see ``rung_scores``) makes TPE learn
     from the longest rungs; the other samplers do not model results that way. ``offset`` (distinct
     per worker and per resumed run) moves a seeded stream so it does not repeat another's draws;
-    ``random`` needs none, as its draws are per trial number."""
-    if name == "random":
+    ``random`` and ``stratified`` need none, as their draws are per trial number. ``propose`` (trial
+    number -> its parameters, see ``band_proposals``) is what ``stratified`` draws; without it,
+    ``stratified`` is ``random``."""
+    if name == "stratified" and propose is not None:
+        return ProposalSampler(seed, propose)
+    if name in ("random", "stratified"):
         return CandidateStreamSampler(seed)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed + offset, population_size=20)
@@ -71,6 +76,66 @@ class CandidateStreamSampler(optuna.samplers.RandomSampler):
         stream = np.random.SeedSequence([self._stream_seed, trial.number, zlib.crc32(param_name.encode())])
         self._rng.rng.seed(stream.generate_state(1)[0])
         return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+BAND_RATIO = 2.0  # each FLOP band of ``stratified`` is up to this many times cheaper than the one above
+MAX_BANDS = 8
+
+
+def flop_bands(cheapest: float, budget: float) -> list[tuple[float, float]]:
+    """(low, high] FLOP ranges anchored at the budget, each ``BAND_RATIO`` times cheaper than the one
+    above, down to the space's cheapest member; cheapest band first (its low is 0)."""
+    count = 1
+    while count < MAX_BANDS and budget / BAND_RATIO**count > cheapest:
+        count += 1
+    edges = [budget / BAND_RATIO**k for k in range(count)] + [0.0]
+    return [(edges[k + 1], edges[k]) for k in reversed(range(count))]
+
+
+def band_proposals(draw: Callable[[np.random.Generator, tuple[float, float]], dict[str, Any] | None],
+                   bands: Sequence[tuple[float, float]], seed: int) -> Callable[[int], dict[str, Any] | None]:
+    """Trial number -> the parameters ``stratified`` gives it: a random member of band ``number %
+    len(bands)`` (cheapest first), drawn by ``draw(rng, band)`` from a stream of the seed and the
+    number only, so any worker, resumed or not, proposes the same candidate under the same number."""
+    cache: dict[int, dict[str, Any] | None] = {}
+
+    def propose(number: int) -> dict[str, Any] | None:
+        if number not in cache:
+            cache[number] = draw(np.random.default_rng([seed, number]), bands[number % len(bands)])
+        return cache[number]
+
+    return propose
+
+
+class ProposalSampler(CandidateStreamSampler):
+    """``stratified``: random members spread over FLOP bands by construction.
+
+    Plain random draws of the default space put 1.6% of the members under 5M below 0.4 MFLOPs (3% below
+    0.5M), so whether a 20-minute search trains any student at the cheap end is a lottery, and the
+    hypervolume of accuracy against FLOPs is mostly decided by that strip: one 0.17-MFLOP student at
+    85% adds 0.035 to a front that starts at 0.38M, as much as 3 points of accuracy over the whole
+    budget would (benchmarks/RESULTS.md). Candidate N is instead a random member of FLOP band
+    N mod K, cheapest band first; inside a band, members are as likely as under random draws.
+    Parameters a proposal lacks (or a band with no member) fall back to per-number random draws."""
+
+    def __init__(self, seed: int, propose: Callable[[int], dict[str, Any] | None]) -> None:
+        super().__init__(seed)
+        self._propose = propose
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        params = self._propose(trial.number)
+        if params is not None and _offers(param_distribution, params.get(param_name)):
+            return params[param_name]
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+def _offers(distribution: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is one the trial's distribution can return (a proposal from the same space is)."""
+    try:
+        return value is not None and distribution._contains(distribution.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
 
 
 def rung_scores(results: Iterable[RungResult]) -> dict[int, float]:

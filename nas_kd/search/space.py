@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import yaml
 
@@ -180,6 +181,19 @@ class SearchSpace:
                 break
         return self.sample(optuna.trial.FixedTrial(params), input_shape, num_classes), best
 
+    def draw(self, rng: np.random.Generator, input_shape: tuple[int, int, int], num_classes: int,
+             flops: tuple[float, float] | None = None, tries: int = 20_000) -> dict[str, Any] | None:
+        """The parameters of one member drawn at random as Optuna's random sampler draws (each knob
+        independently, uniform over its values); with ``flops = (low, high]``, the first of up to
+        ``tries`` draws whose analytic FLOPs lie in that range (None if none does): plain random
+        draws, restricted to the range."""
+        for _ in range(tries):
+            trial = _DrawingTrial(rng)
+            spec = self.sample(trial, input_shape, num_classes)  # type: ignore[arg-type]
+            if flops is None or flops[0] < analytic_flops(spec, input_shape) <= flops[1]:
+                return trial.params
+        return None
+
 
 def _order(v: Any) -> tuple:
     # "full" rank sorts last; strings (block, activation) keep their declared order via index 0.
@@ -323,3 +337,21 @@ def load_space(name_or_path: str) -> SearchSpace:
     return parse_space(text, origin=str(path))
 
 
+class _DrawingTrial:
+    """Just enough of ``optuna.Trial`` for ``SearchSpace.sample`` to draw from ``rng``."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng, self.params = rng, {}
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        self.params[name] = choices[int(self.rng.integers(len(choices)))]
+        return self.params[name]
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        if log:
+            value = int(round(float(np.exp(self.rng.uniform(np.log(low - 0.5), np.log(high + 0.5))))))
+            value = min(max(value, low), high)
+        else:
+            value = low + step * int(self.rng.integers((high - low) // step + 1))
+        self.params[name] = value
+        return value
