@@ -17,12 +17,14 @@ saturate near 1; the time to reach a level does not).
 Arms:
 - ``default``: ``python -m nas_kd.search`` as it is (TPE, warm start, rungs, one worker per core);
 - ``cold``: the same without the warm start (``--no-warm-start``): the search on its own (random
-  sampling with the default rungs and promotion bands, MO-ASHA's own setting, since 2026-12-04);
+  sampling with the default rungs and promotion bands, MO-ASHA's own setting, from 2026-12-04; the
+  stratified sampler since 2026-12-06, so ``cold`` rows from then on are ``strat``'s);
 - ``tpe``: the same with TPE told rung 0 (the default sampler before 2026-12-04);
 - ``cold2``: ``cold`` with one rung fewer, the first at the default's rung 1, the top unchanged
   (the lever tried on 2026-12-05: a first rung long enough to rank);
-- ``strat``: ``cold`` with ``--sampler stratified``: candidate N a random member of FLOP band N mod K,
-  cheapest band first (random draws put 1.6% of the members under 0.4 MFLOPs);
+- ``strat``: ``cold`` with ``--sampler stratified`` (the default since 2026-12-06): candidate N a
+  random member of FLOP band N mod K, cheapest band first (random draws put 1.6% of the members
+  under 0.4 MFLOPs);
 - ``random``: random search: random sampling, no warm start, every candidate trained to the length
   of the default's longest rung (``--rungs 1``), so its front is read at the same fidelity as the
   default's top.

@@ -188,11 +188,11 @@ def test_tpe_rungs_models_the_longest_rungs_in_a_real_search(tmp_path, cache_dir
     assert len([t for t in study.trials if t.values]) >= 13 and _done(rungs)
 
 
-def test_stratified_search_trains_candidate_n_in_flop_band_n(tmp_path, cache_dir):
+def test_the_default_search_trains_candidate_n_in_flop_band_n(tmp_path, cache_dir):
     from nas_kd.search.sampler import flop_bands
     from nas_kd.search.space import load_space
 
-    assert _search(tmp_path, cache_dir, "--trials", "4", "--promote-until", "0", "--sampler", "stratified") == 0
+    assert _search(tmp_path, cache_dir, "--trials", "4", "--promote-until", "0") == 0  # default: stratified
     study, _ = _studies(tmp_path)
     space = load_space("default")
     identity = study.user_attrs["nas_kd.identity"]
