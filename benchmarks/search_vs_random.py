@@ -15,7 +15,7 @@ arm needed to reach random search's final hypervolume (Yang et al. 2020: ratios 
 saturate near 1; the time to reach a level does not).
 
 Arms:
-- ``default``: ``python -m nas_kd.search`` as it is (TPE, warm start, rungs, one worker per core);
+- ``default``: ``python -m nas_kd.search`` as it is (its default sampler, warm start, rungs, one worker per core);
 - ``cold``: the same without the warm start (``--no-warm-start``): the search on its own (random
   sampling with the default rungs and promotion bands, MO-ASHA's own setting, from 2026-12-04; the
   stratified sampler since 2026-12-06, so ``cold`` rows from then on are ``strat``'s);
@@ -175,9 +175,9 @@ def selection(arms: dict[str, list[tuple[float, float]]]) -> None:
 
 
 def recorded_random_hv(csv: Path, seed: int, protocol: str, timeout: float) -> float | None:
-    """Random search's final hypervolume for ``seed`` as recorded in ``csv`` by an earlier run of
-    the same protocol and timeout (random search is deterministic per seed: its draws are per trial
-    number), so a new search arm need not rerun it."""
+    """Random search's final hypervolume for ``seed`` as recorded in ``csv`` by the latest run of
+    the same protocol and timeout, so a new search arm need not rerun it (its draws depend on the
+    seed only: per trial number since 2026-12-05, from Optuna's own stream before)."""
     if not csv.exists():
         return None
     rows = [r for r in pd.read_csv(csv).to_dict("records") if r["arm"] == "random" and r["seed"] == seed
