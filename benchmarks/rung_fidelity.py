@@ -41,12 +41,16 @@ HERE = Path(__file__).parent
 NOT_REPLAYED = ("--storage", "--workers", "--threads", "--timeout", "--trials")
 
 
-def _run_of(study_name: str, studies_dir: str, threads: int):  # noqa: ANN202 - a search Run
-    study = open_named_study(study_name, studies_dir, None)
+def replay_run(a: argparse.Namespace):  # noqa: ANN201 - (study, search Run, shard, shards)
+    """What a ``replay_flags`` benchmark retrains from: the study, its search run rebuilt from the
+    study's recorded flags at ``--threads``, and this process's shard of the students."""
+    torch.set_num_threads(a.threads)
+    study = open_named_study(a.study_name, a.studies_dir, None)
     flags = {k: v for k, v in study.user_attrs[SETTINGS_ATTR]["flags"].items() if k not in NOT_REPLAYED}
     flags = {k: _flag_value(k, v) for k, v in flags.items()}
-    cfg = parse_args([*command_line(flags), "--workers", "1", "--threads", str(threads)])
-    return study, prepare(cfg, Progress(quiet=True))
+    cfg = parse_args([*command_line(flags), "--workers", "1", "--threads", str(a.threads)])
+    shard, shards = map(int, a.shard.split("/"))
+    return study, prepare(cfg, Progress(quiet=True)), shard, shards
 
 
 def _flag_value(flag: str, text: str) -> str | tuple[str, ...] | bool | None:
@@ -137,9 +141,7 @@ def main() -> None:
     if a.summary:
         _summary(out, a.study_name)
         return
-    torch.set_num_threads(a.threads)
-    study, run = _run_of(a.study_name, a.studies_dir, a.threads)
-    shard, shards = map(int, a.shard.split("/"))
+    study, run, shard, shards = replay_run(a)
     done = {(r["study"], r["trial"]) for r in csv.DictReader(out.open())} if out.exists() else set()
     for i, record in enumerate(_top(study, a.top)):
         if i % shards != shard or (a.study_name, str(record.number)) in done:

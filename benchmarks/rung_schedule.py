@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from csv_rows import append_rows
 from proxy_fidelity import kendall_tau
-from rung_fidelity import _run_of, _top, replay_flags
+from rung_fidelity import _top, replay_flags, replay_run
 
 from nas_kd.model.builder import build_student
 from nas_kd.model.spec import ArchSpec
@@ -120,9 +120,7 @@ def main() -> None:
     if a.summary:
         _summary(out, a.study_name)
         return
-    torch.set_num_threads(a.threads)
-    study, run = _run_of(a.study_name, a.studies_dir, a.threads)
-    shard, shards = map(int, a.shard.split("/"))
+    study, run, shard, shards = replay_run(a)
     top = run.cfg.rungs - 1
     done = {(r["study"], r["trial"], r["schedule"]) for r in csv.DictReader(out.open())} if out.exists() else set()
     jobs = [(record, s) for record in _top(study, a.top) for s in a.schedules]
