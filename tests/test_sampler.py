@@ -98,6 +98,14 @@ def test_flop_bands_halve_from_the_budget_down_to_the_cheapest_member():
     assert flop_bands(4_000_000, 5_000_000) == [(0.0, 5_000_000.0)]  # no room for a second band
 
 
+def test_each_band_gets_a_turn_cheapest_first_and_the_top_band_two():
+    from nas_kd.search.sampler import band_of
+
+    assert [band_of(n, 5) for n in range(13)] == [0, 1, 2, 3, 4, 4, 0, 1, 2, 3, 4, 4, 0]
+    assert [band_of(n, 1) for n in range(3)] == [0, 0, 0]
+    assert [sum(band_of(n, 5) == b for n in range(40)) for b in range(5)] == [7, 7, 7, 7, 12]
+
+
 def test_a_draw_in_a_flop_range_is_a_member_of_that_range_and_rebuilds_as_one():
     import numpy as np
 
@@ -116,7 +124,7 @@ def test_a_draw_in_a_flop_range_is_a_member_of_that_range_and_rebuilds_as_one():
 
 def test_stratified_gives_trial_n_a_member_of_band_n_whichever_worker_asks():
     from nas_kd.model.cost import analytic_flops
-    from nas_kd.search.sampler import band_proposals, flop_bands
+    from nas_kd.search.sampler import band_of, band_proposals, flop_bands
     from nas_kd.search.space import load_space
 
     space, shape = load_space("default"), (1, 28, 28)
@@ -134,6 +142,6 @@ def test_stratified_gives_trial_n_a_member_of_band_n_whichever_worker_asks():
     assert dict(_draw(w, space) for w in (a, b, b, a, b, a, a, b, a, b)) == one_worker
     for trial in alone.trials:
         flops = analytic_flops(space.sample(optuna.trial.FixedTrial(trial.params), shape, 10), shape)
-        low, high = bands[trial.number % len(bands)]
+        low, high = bands[band_of(trial.number, len(bands))]
         assert low < flops <= high
     assert type(make_sampler("stratified", 3)) is type(make_sampler("random", 3))  # no proposals: random

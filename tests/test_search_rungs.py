@@ -188,8 +188,8 @@ def test_tpe_rungs_models_the_longest_rungs_in_a_real_search(tmp_path, cache_dir
     assert len([t for t in study.trials if t.values]) >= 13 and _done(rungs)
 
 
-def test_the_default_search_trains_candidate_n_in_flop_band_n(tmp_path, cache_dir):
-    from nas_kd.search.sampler import flop_bands
+def test_the_default_search_trains_each_candidate_in_its_flop_band(tmp_path, cache_dir):
+    from nas_kd.search.sampler import band_of, flop_bands
     from nas_kd.search.space import load_space
 
     assert _search(tmp_path, cache_dir, "--trials", "4", "--promote-until", "0") == 0  # default: stratified
@@ -201,5 +201,5 @@ def test_the_default_search_trains_candidate_n_in_flop_band_n(tmp_path, cache_di
     trained = [t for t in study.trials if t.user_attrs.get("status") == "trained"]
     assert len(trained) == 4
     for t in trained:
-        low, high = bands[t.number % len(bands)]
+        low, high = bands[band_of(t.number, len(bands))]
         assert low < t.user_attrs["flops"] <= high

@@ -80,6 +80,7 @@ class CandidateStreamSampler(optuna.samplers.RandomSampler):
 
 BAND_RATIO = 2.0  # each FLOP band of ``stratified`` is up to this many times cheaper than the one above
 MAX_BANDS = 8
+TOP_BAND_TURNS = 2  # turns of the band under the budget per cycle; every other band gets one
 
 
 def flop_bands(cheapest: float, budget: float) -> list[tuple[float, float]]:
@@ -92,16 +93,25 @@ def flop_bands(cheapest: float, budget: float) -> list[tuple[float, float]]:
     return [(edges[k + 1], edges[k]) for k in reversed(range(count))]
 
 
+def band_of(number: int, count: int) -> int:
+    """The band (0 = cheapest) of candidate ``number`` among ``count`` bands: one turn each, cheapest
+    first, then ``TOP_BAND_TURNS - 1`` more for the band under the budget. The cheap bands decide how far
+    down the front reaches after one turn each; ``--pick best`` chooses from the top band, and with one
+    turn in five it got 8 of 40 candidates, too few to find the budget's best (benchmarks/RESULTS.md)."""
+    turn = number % (count + TOP_BAND_TURNS - 1)
+    return min(turn, count - 1)
+
+
 def band_proposals(draw: Callable[[np.random.Generator, tuple[float, float]], dict[str, Any] | None],
                    bands: Sequence[tuple[float, float]], seed: int) -> Callable[[int], dict[str, Any] | None]:
-    """Trial number -> the parameters ``stratified`` gives it: a random member of band ``number %
-    len(bands)`` (cheapest first), drawn by ``draw(rng, band)`` from a stream of the seed and the
+    """Trial number -> the parameters ``stratified`` gives it: a random member of band ``band_of(number,
+    len(bands))`` (cheapest first), drawn by ``draw(rng, band)`` from a stream of the seed and the
     number only, so any worker, resumed or not, proposes the same candidate under the same number."""
     cache: dict[int, dict[str, Any] | None] = {}
 
     def propose(number: int) -> dict[str, Any] | None:
         if number not in cache:
-            cache[number] = draw(np.random.default_rng([seed, number]), bands[number % len(bands)])
+            cache[number] = draw(np.random.default_rng([seed, number]), bands[band_of(number, len(bands))])
         return cache[number]
 
     return propose
@@ -115,8 +125,9 @@ class ProposalSampler(CandidateStreamSampler):
     hypervolume of accuracy against FLOPs is mostly decided by that strip: one 0.17-MFLOP student at
     85% adds 0.035 to a front that starts at 0.38M, as much as 3 points of accuracy over the whole
     budget would (benchmarks/RESULTS.md). Candidate N is instead a random member of FLOP band
-    N mod K, cheapest band first; inside a band, members are as likely as under random draws.
-    Parameters a proposal lacks (or a band with no member) fall back to per-number random draws."""
+    ``band_of(N, K)``: each band in turn, cheapest first, the top one twice; inside a band, members are
+    as likely as under random draws. Parameters a proposal lacks (or a band with no member) fall back
+    to per-number random draws."""
 
     def __init__(self, seed: int, propose: Callable[[int], dict[str, Any] | None]) -> None:
         super().__init__(seed)
