@@ -97,7 +97,7 @@ def band_of(number: int, count: int) -> int:
     """The band (0 = cheapest) of candidate ``number`` among ``count`` bands: one turn each, cheapest
     first, then ``TOP_BAND_TURNS - 1`` more for the band under the budget. The cheap bands decide how far
     down the front reaches after one turn each; ``--pick best`` chooses from the top band, and with one
-    turn in five it got 8 of 40 candidates, too few to find the budget's best (benchmarks/RESULTS.md)."""
+    turn in five it got 8 of 40 candidates, where plain random draws put about 16 (benchmarks/RESULTS.md)."""
     turn = number % (count + TOP_BAND_TURNS - 1)
     return min(turn, count - 1)
 
