@@ -23,8 +23,8 @@ Arms:
 - ``cold2``: ``cold`` with one rung fewer, the first at the default's rung 1, the top unchanged
   (the lever tried on 2026-12-05: a first rung long enough to rank);
 - ``strat``: ``cold`` with ``--sampler stratified`` (the default since 2026-12-06): candidate N a
-  random member of FLOP band N mod K, cheapest band first (random draws put 1.6% of the members
-  under 0.4 MFLOPs); from stop 37 on, the top band takes two turns per cycle (``band_of``);
+  random member of FLOP band ``band_of(N, K)``, cheapest band first (random draws put 1.6% of the
+  members under 0.4 MFLOPs); one turn per band until stop 37, the top band two since;
 - ``random``: random search: random sampling, no warm start, every candidate trained to the length
   of the default's longest rung (``--rungs 1``), so its front is read at the same fidelity as the
   default's top.

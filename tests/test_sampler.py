@@ -122,7 +122,7 @@ def test_a_draw_in_a_flop_range_is_a_member_of_that_range_and_rebuilds_as_one():
     assert space.draw(rng, shape, 10, (0.0, 1000.0), tries=200) is None  # nothing that cheap
 
 
-def test_stratified_gives_trial_n_a_member_of_band_n_whichever_worker_asks():
+def test_stratified_gives_trial_n_a_member_of_its_band_whichever_worker_asks():
     from nas_kd.model.cost import analytic_flops
     from nas_kd.search.sampler import band_of, band_proposals, flop_bands
     from nas_kd.search.space import load_space

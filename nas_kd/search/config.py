@@ -57,8 +57,8 @@ class SearchConfig:
     study_name: str | None = None
     storage: str | None = None  # any Optuna storage URL; default SQLite in studies_dir
     studies_dir: str = "studies"
-    # measured over 6 seeds: random members spread over FLOP bands reach random search's final hypervolume
-    # in a median 0.21x its time, plain random members never did on 3; TPE told rung 0 drifts cheap
+    # measured over 6 seeds (one turn per band): random members spread over FLOP bands reach random search's
+    # final hypervolume in a median 0.21x its time, plain random members never did on 3; TPE told rung 0 drifts cheap
     sampler: str = "stratified"
     warm_start: bool = True  # a new study trains the space's hand designs first
     early_stop: bool = True  # with one rung: stop half-way a candidate that cannot reach the front
