@@ -83,7 +83,8 @@ def _run(arm: str, seed: int, start_epochs: float, folder: Path, a: argparse.Nam
     for flag, value in (("--cache-dir", a.cache_dir), ("--data-dir", a.data_dir)):
         common += [flag, value] if value else []
     if arm == "search":
-        return export_main([*common, "--pick", f"max-acc-under:{a.to}", "--epochs", f"{a.epochs:g}"])
+        # --screen 1: both arms train EPOCHS in total, as before export screened by default
+        return export_main([*common, "--pick", f"max-acc-under:{a.to}", "--epochs", f"{a.epochs:g}", "--screen", "1"])
     which = ["--pick", a.prune_pick] if a.prune_trial is None else ["--trial", str(a.prune_trial)]
     return compress_main([*common, *which, "--to", a.to, "--epochs", f"{start_epochs:g}",
                           "--steps", str(a.steps), "--finetune-epochs", f"{a.finetune_epochs:g}"])

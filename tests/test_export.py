@@ -328,6 +328,31 @@ def test_screening_left_by_a_stopped_process_is_resumed(study_dir, cache_dir, tm
     assert left_after_start == [0]
 
 
+def test_screening_is_the_default_before_a_long_export_only(study_dir, cache_dir, monkeypatch, capsys):
+    import nas_kd.export.screen as screen_mod
+    from nas_kd.export.pick import ranked_trials
+    from nas_kd.export.screen import default_screen
+    from nas_kd.study.records import trial_records
+
+    assert default_screen(trial=None, pick="best", export_epochs=100) == 4
+    assert default_screen(trial=None, pick="max-acc-under:1M", export_epochs=150) == 4
+    assert default_screen(trial=None, pick="best", export_epochs=99) == 1  # a 20-epoch export is not screened
+    assert default_screen(trial=3, pick="best", export_epochs=100) == 1  # nor one trial named by number
+    assert default_screen(trial=None, pick="knee", export_epochs=100) == 1
+
+    assert export(study_dir, cache_dir, "--out", str(study_dir / "short")) == 0  # 3 epochs: no screening
+    assert "screening" not in json.loads((study_dir / "short" / "model_card.json").read_text())
+    monkeypatch.setattr(screen_mod, "LONG_EXPORT_EPOCHS", 3)  # count the fixture's 3-epoch export as long
+    capsys.readouterr()
+    assert export(study_dir, cache_dir, "--screen-epochs", "1", "--out", str(study_dir / "auto")) == 0
+    top = [r.number for r in ranked_trials(trial_records(_study(study_dir)), "best", 4)]
+    s = json.loads((study_dir / "auto" / "model_card.json").read_text())["screening"]
+    assert [c["trial"] for c in s["candidates"]] == top and len(top) >= 2 and s["epochs"] == 1
+    assert "--screen 1 skips it" in capsys.readouterr().err
+    assert export(study_dir, cache_dir, "--screen", "1", "--out", str(study_dir / "off")) == 0
+    assert "screening" not in json.loads((study_dir / "off" / "model_card.json").read_text())
+
+
 def test_screen_mistakes_exit_2_and_write_nothing(study_dir, cache_dir, capsys, tmp_path):
     out = tmp_path / "never"
     for args, message in [(["--screen", "2", "--trial", "0"], "give --pick, not --trial"),

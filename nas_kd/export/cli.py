@@ -30,11 +30,20 @@ from nas_kd.export.schemes import (
     check_options,
     scheme_names,
 )
-from nas_kd.export.screen import SCREEN_EPOCHS, chosen, screen_trials, screening_entry, screening_folder
+from nas_kd.export.screen import (
+    LONG_EXPORT_EPOCHS,
+    SCREEN_DEFAULT,
+    SCREEN_EPOCHS,
+    chosen,
+    default_screen,
+    screen_trials,
+    screening_entry,
+    screening_folder,
+)
 from nas_kd.export.trial import export_trial
 from nas_kd.progress import Progress
 from nas_kd.quantity import format_quantity
-from nas_kd.study.records import TrialRecord, trial_records
+from nas_kd.study.records import IDENTITY_ATTR, TrialRecord, trial_records
 from nas_kd.study.storage import open_named_study
 from nas_kd.teacher import KD_TARGETS
 from nas_kd.train import AUGMENTATIONS
@@ -64,10 +73,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--exits", action="store_true", help="ship the student with an early exit after every stage "
                    "(trained by --recipe self, which this implies); the card gives accuracy, mean FLOPs and latency "
                    "per confidence threshold")
-    p.add_argument("--screen", type=positive_int("--screen"), default=1, metavar="K",
+    p.add_argument("--screen", type=positive_int("--screen"), metavar="K",
                    help="first train the K best trials under --pick for --screen-epochs each with this export's "
-                   "KD recipe, then export the one with the highest validation accuracy (default 1: no screening; "
-                   "see docs/export.md)")
+                   f"KD recipe, then export the one with the highest validation accuracy (default {SCREEN_DEFAULT} "
+                   f"with --pick best or max-acc-under before an export of {LONG_EXPORT_EPOCHS} epochs or more, "
+                   "as on Fashion-MNIST; else 1: no screening; see docs/export.md)")
     p.add_argument("--screen-epochs", type=positive_float("--screen-epochs"),
                    help=f"--screen: epochs of each screening run (default {SCREEN_EPOCHS})")
     p.add_argument("--ablation", action="store_true", help="also train the same architecture from labels only")
@@ -138,19 +148,34 @@ def _export(a: argparse.Namespace) -> int:
 
 
 def _picked(a: argparse.Namespace, study: optuna.Study) -> tuple[TrialRecord, dict | None]:
-    """The trial to export and, with ``--screen K``, the card's screening entry (else None)."""
-    if a.screen_epochs is not None and a.screen == 1:
+    """The trial to export and, when screening (``--screen K``, on by default before a long export),
+    the card's screening entry (else None)."""
+    k = a.screen or default_screen(trial=a.trial, pick=a.pick, export_epochs=_export_length(a, study))
+    if a.screen_epochs is not None and k == 1:
         raise UserError("--screen-epochs applies with --screen K (K of 2 or more)")
-    if a.screen == 1:
-        return pick_trial(trial_records(study), trial=a.trial, pick=a.pick), None
-    if a.trial is not None:
+    if k > 1 and a.trial is not None:
         raise UserError("--screen chooses among the best trials under --pick: give --pick, not --trial")
-    candidates = ranked_trials(trial_records(study), a.pick, a.screen)
-    epochs = a.screen_epochs or SCREEN_EPOCHS
+    candidates = [] if k == 1 else ranked_trials(trial_records(study), a.pick, k)
+    if len(candidates) < 2 and a.screen is None:  # by default, screening one trial is no choice
+        candidates = []
+    if not candidates:
+        return pick_trial(trial_records(study), trial=a.trial, pick=a.pick), None
+    epochs, progress = a.screen_epochs or SCREEN_EPOCHS, Progress()
+    if a.screen is None:
+        progress.log(f"export: screening the {len(candidates)} best trials under --pick {a.pick} for {epochs:g} "
+                     "epochs each before the export, the default before a long export (--screen 1 skips it)")
     results = screen_trials(study, candidates, screening_folder(a.studies_dir, a.study_name), epochs=epochs,
                             augment=a.augment, kd_targets_mode=a.kd_targets, data_dir=a.data_dir,
-                            cache_dir=a.cache_dir, progress=Progress())
+                            cache_dir=a.cache_dir, progress=progress)
     return chosen(results).record, screening_entry(results, epochs)
+
+
+def _export_length(a: argparse.Namespace, study: optuna.Study) -> float:
+    """The export's epochs: ``--epochs``, else its dataset's default (before any stretch for small data)."""
+    if a.epochs is not None:
+        return a.epochs
+    dataset = study.user_attrs.get(IDENTITY_ATTR, {}).get("dataset", "")
+    return DATASET_EXPORT_EPOCHS.get(dataset, EXPORT_EPOCHS)
 
 
 def int8_summary(q: dict) -> str:

@@ -32,6 +32,10 @@ from nas_kd.study.records import TrialRecord
 from nas_kd.train import accuracy
 
 SCREEN_EPOCHS = 20  # the length proxy fidelity is measured against (issue 19)
+# On by default before long exports only: there K × 20 epochs add at most 0.8× the export's own training,
+# and a 20-epoch run looks further than the search did. Before a 20-epoch export it would not.
+SCREEN_DEFAULT = 4
+LONG_EXPORT_EPOCHS = 5 * SCREEN_EPOCHS
 WAIT_SECONDS = 10.0  # how often an export waiting for another's screening looks again
 
 
@@ -41,6 +45,13 @@ class Screened:
     val_accuracy: float
     seconds: float  # training seconds, including the runs it resumed
     seed: int
+
+
+def default_screen(*, trial: int | None, pick: str, export_epochs: float) -> int:
+    """``--screen``'s default: ``SCREEN_DEFAULT`` when the pick is a ranking (``best`` or
+    ``max-acc-under``) and the export trains at least ``LONG_EXPORT_EPOCHS``; else 1 (no screening)."""
+    ranked = trial is None and (pick == "best" or pick.startswith("max-acc-under"))
+    return SCREEN_DEFAULT if ranked and export_epochs >= LONG_EXPORT_EPOCHS else 1
 
 
 def screening_folder(studies_dir: str | Path, study_name: str) -> Path:
