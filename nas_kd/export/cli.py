@@ -21,7 +21,13 @@ from nas_kd.errors import UserError
 from nas_kd.export.pick import add_trial_arguments, pick_trial, ranked_trials
 from nas_kd.export.qat import QAT_EPOCHS
 from nas_kd.export.quantize import CALIBRATION_IMAGES, DEFAULT_MAX_DROP, INT8_FILE
-from nas_kd.export.retrain import DATASET_EXPORT_EPOCHS, DEFAULT_KD_TARGETS, EXPORT_EPOCHS, EXPORT_MIN_STEPS
+from nas_kd.export.retrain import (
+    DATASET_EXPORT_EPOCHS,
+    DEFAULT_KD_TARGETS,
+    EXPORT_EPOCHS,
+    EXPORT_MIN_STEPS,
+    dataset_export_epochs,
+)
 from nas_kd.export.schemes import (
     DEFAULT_GENERATIONS,
     DEFAULT_PEERS,
@@ -152,14 +158,14 @@ def _picked(a: argparse.Namespace, study: optuna.Study) -> tuple[TrialRecord, di
     the card's screening entry (else None)."""
     k = a.screen or default_screen(trial=a.trial, pick=a.pick, export_epochs=_export_length(a, study))
     if a.screen_epochs is not None and k == 1:
-        raise UserError("--screen-epochs applies with --screen K (K of 2 or more)")
+        raise UserError(f"--screen-epochs applies with --screen K (K of 2 or more); without --screen only exports "
+                        f"of {LONG_EXPORT_EPOCHS} epochs or more under --pick best or max-acc-under are screened")
     if k > 1 and a.trial is not None:
         raise UserError("--screen chooses among the best trials under --pick: give --pick, not --trial")
-    candidates = [] if k == 1 else ranked_trials(trial_records(study), a.pick, k)
-    if len(candidates) < 2 and a.screen is None:  # by default, screening one trial is no choice
-        candidates = []
-    if not candidates:
-        return pick_trial(trial_records(study), trial=a.trial, pick=a.pick), None
+    records = trial_records(study)
+    candidates = ranked_trials(records, a.pick, k) if k > 1 else []
+    if len(candidates) < (1 if a.screen else 2):  # by default, screening one trial is no choice
+        return pick_trial(records, trial=a.trial, pick=a.pick), None
     epochs, progress = a.screen_epochs or SCREEN_EPOCHS, Progress()
     if a.screen is None:
         progress.log(f"export: screening the {len(candidates)} best trials under --pick {a.pick} for {epochs:g} "
@@ -174,8 +180,7 @@ def _export_length(a: argparse.Namespace, study: optuna.Study) -> float:
     """The export's epochs: ``--epochs``, else its dataset's default (before any stretch for small data)."""
     if a.epochs is not None:
         return a.epochs
-    dataset = study.user_attrs.get(IDENTITY_ATTR, {}).get("dataset", "")
-    return DATASET_EXPORT_EPOCHS.get(dataset, EXPORT_EPOCHS)
+    return dataset_export_epochs(study.user_attrs.get(IDENTITY_ATTR, {}).get("dataset", ""))
 
 
 def int8_summary(q: dict) -> str:

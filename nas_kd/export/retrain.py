@@ -42,8 +42,12 @@ EXPORT_MIN_STEPS = 1000
 def export_epochs(n_images: int, batch_size: int, dataset: str = "") -> float:
     """The default retraining length: the dataset's entry in ``DATASET_EXPORT_EPOCHS`` or
     ``EXPORT_EPOCHS``, and more whole epochs when those give fewer than ``EXPORT_MIN_STEPS`` steps."""
-    epochs = DATASET_EXPORT_EPOCHS.get(dataset, EXPORT_EPOCHS)
-    return at_least_steps(epochs, n_images, batch_size, EXPORT_MIN_STEPS, whole_epochs=True)
+    return at_least_steps(dataset_export_epochs(dataset), n_images, batch_size, EXPORT_MIN_STEPS, whole_epochs=True)
+
+
+def dataset_export_epochs(dataset: str) -> float:
+    """The dataset's default retraining length, before any stretch to ``EXPORT_MIN_STEPS``."""
+    return DATASET_EXPORT_EPOCHS.get(dataset, EXPORT_EPOCHS)
 
 
 @dataclass(frozen=True)
