@@ -66,12 +66,14 @@ ARMS = {
               "--min-steps", str(_D.min_steps * _D.eta)],
     # the lever tried on 2026-12-06: candidates spread over FLOP bands by construction, cheapest first
     "strat": ["--no-warm-start", "--sampler", "stratified"],
+    # the lever named on 2026-12-06 (stop 39): the top band's second turn is local search around its best
+    "local": ["--no-warm-start", "--sampler", "local"],
     "random": ["--sampler", "random", "--no-warm-start", "--rungs", "1", "--no-early-stop",
                "--epochs", f"{TOP_EPOCHS:g}", "--min-steps", str(_D.min_steps * _D.eta ** (_D.rungs - 1))],
 }
 
 
-SEARCH_ARMS = ("default", "cold", "tpe", "cold2", "strat")  # run as shipped: --trials 40, until done
+SEARCH_ARMS = ("default", "cold", "tpe", "cold2", "strat", "local")  # run as shipped: --trials 40, until done
 
 
 def run_arm(arm: str, seed: int, a: argparse.Namespace, studies: Path) -> str:

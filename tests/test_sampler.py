@@ -145,3 +145,47 @@ def test_stratified_gives_trial_n_a_member_of_its_band_whichever_worker_asks():
         low, high = bands[band_of(trial.number, len(bands))]
         assert low < flops <= high
     assert type(make_sampler("stratified", 3)) is type(make_sampler("random", 3))  # no proposals: random
+
+
+def test_a_change_is_one_used_knob_away_inside_the_band_and_never_a_tried_architecture():
+    import numpy as np
+
+    from nas_kd.model.cost import analytic_flops
+    from nas_kd.search.space import load_space
+
+    space, shape, band = load_space("default"), (1, 28, 28), (2_500_000.0, 5_000_000.0)
+    rng = np.random.default_rng(0)
+    parent = space.draw(rng, shape, 10, band)
+    parent_spec = space.sample(optuna.trial.FixedTrial(parent), shape, 10)
+    children = [space.mutate(rng, parent, shape, 10, band) for _ in range(20)]
+    for child in children:
+        spec = space.sample(optuna.trial.FixedTrial(child), shape, 10)
+        assert spec != parent_spec and band[0] < analytic_flops(spec, shape) <= band[1]
+        assert sum(child[k] != v for k, v in parent.items()) == 1  # one knob of those the parent uses
+    assert len({repr(c) for c in children}) > 5  # which knob, and to what, is drawn
+    # every neighbour but one already tried: the change finds the one left
+    neighbours = {space.sample(optuna.trial.FixedTrial(c), shape, 10).to_json() for c in children}
+    keep = next(iter(neighbours))
+    again = [space.mutate(rng, parent, shape, 10, band, avoid=frozenset(neighbours - {keep}), tries=5000)
+             for _ in range(3)]
+    assert all(space.sample(optuna.trial.FixedTrial(c), shape, 10).to_json() not in neighbours - {keep}
+               for c in again if c is not None)
+    assert space.mutate(rng, parent, shape, 10, (0.0, 1000.0), tries=50) is None  # nothing that cheap nearby
+
+
+def test_local_changes_the_top_bands_best_on_its_extra_turns_once_enough_are_scored():
+    from nas_kd.search.sampler import LOCAL_AFTER, LOCAL_PARENTS, band_of, local_proposals
+
+    ranked: list[dict] = []
+    local = local_proposals(lambda n: {"drawn": n}, lambda rng, parent: {"changed": parent["drawn"]},
+                            lambda: ranked, count=3, seed=0)
+    extra = [n for n in range(40) if n % 4 == 3]  # the top band's second turn in each cycle of 3 bands
+    assert all(band_of(n, 3) == 2 for n in extra)
+    assert [local(n) for n in range(8)] == [{"drawn": n} for n in range(8)]  # none scored yet: stratified's
+    ranked[:] = [{"drawn": n} for n in (6, 2, 7, 3)][:LOCAL_AFTER]
+    assert local(7) == {"drawn": 7}  # a proposal once made stays (every parameter of a trial asks again)
+    assert local(10) == {"drawn": 10} and local(9) == {"drawn": 9}  # not an extra turn
+    parents = {local(n)["changed"] for n in extra[2:]}
+    assert parents <= {p["drawn"] for p in ranked[:LOCAL_PARENTS]} and len(parents) > 1  # one of the best few
+    nothing = local_proposals(lambda n: {"drawn": n}, lambda rng, parent: None, lambda: ranked, count=3, seed=0)
+    assert nothing(11) == {"drawn": 11}  # no change found: stratified's member

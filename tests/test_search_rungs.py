@@ -203,3 +203,30 @@ def test_the_default_search_trains_each_candidate_in_its_flop_band(tmp_path, cac
     for t in trained:
         low, high = bands[band_of(t.number, len(bands))]
         assert low < t.user_attrs["flops"] <= high
+
+
+def test_local_search_changes_one_knob_of_a_top_band_candidate_on_the_top_bands_extra_turns(tmp_path, cache_dir):
+    from nas_kd.search.sampler import LOCAL_AFTER, TOP_BAND_TURNS, band_of, flop_bands
+    from nas_kd.search.space import load_space
+
+    assert _search(tmp_path, cache_dir, "--trials", "12", "--promote-until", "0", "--sampler", "local") == 0
+    study, _ = _studies(tmp_path)
+    identity = study.user_attrs["nas_kd.identity"]
+    space = load_space("default")
+    bands = flop_bands(space.cheapest(tuple(identity["input_shape"]), identity["num_classes"])[1], 150_000)
+    count, top = len(bands), len(bands) - 1
+    trained = {t.number: t for t in study.trials if t.user_attrs.get("status") == "trained"}
+    assert len(trained) == 12 and all(bands[band_of(n, count)][0] < t.user_attrs["flops"] <= bands[band_of(n, count)][1]
+                                      for n, t in trained.items())  # every candidate still in its band
+    extra = [n for n in trained if n % (count + TOP_BAND_TURNS - 1) >= count]
+    changed = []
+    for n in extra:
+        earlier_top = [t for m, t in trained.items() if m < n and band_of(m, count) == top]
+        one_knob = [t.number for t in earlier_top
+                    if sum(t.params[k] != v for k, v in trained[n].params.items() if k in t.params) == 1]
+        if len(earlier_top) >= LOCAL_AFTER + 1:  # one worker: all but the last were scored when n was asked
+            assert one_knob, f"trial {n} is no change of an earlier top-band candidate"
+            changed.append(n)
+    assert changed  # the search got far enough to change one
+    specs = [t.user_attrs["spec_json"] for t in trained.values()]
+    assert len(set(specs)) == len(specs)  # a change never repeats a trained architecture

@@ -139,8 +139,9 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--studies-dir", default=_D.studies_dir, help="where studies and their outputs go")
     p.add_argument("--sampler", default=_D.sampler, choices=SAMPLERS,
                    help="stratified (default: random members spread over FLOP bands, cheapest first, the top band "
-                   "twice; with rungs, MO-ASHA), random (plain random members), tpe (TPE told rung 0), tpe-rungs "
-                   "(TPE modelling each candidate's longest rung) or nsga2")
+                   "twice; with rungs, MO-ASHA), local (stratified, but the top band's second turn changes one knob "
+                   "of one of its 3 best candidates once 4 are scored), random (plain random members), tpe (TPE "
+                   "told rung 0), tpe-rungs (TPE modelling each candidate's longest rung) or nsga2")
     p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="do not train the space's hand designs first (e.g. for a pure random-search baseline)")
     p.add_argument("--rungs", type=int, default=_D.rungs,

@@ -16,7 +16,7 @@ from nas_kd.quantity import format_quantity
 from nas_kd.study.storage import check_study_name
 from nas_kd.train import TrainSettings
 
-SAMPLERS = ("tpe", "tpe-rungs", "random", "stratified", "nsga2")
+SAMPLERS = ("tpe", "tpe-rungs", "random", "stratified", "local", "nsga2")
 OBJECTIVES = ("flops", "latency")
 STORAGE_ENV = "NAS_KD_STORAGE"  # the storage URL when --storage is not given (keeps a password out of argv)
 

@@ -39,8 +39,8 @@ from nas_kd.search.promote import (
     try_claim,
 )
 from nas_kd.search.rungs import RungResult, promotable
-from nas_kd.search.sampler import band_proposals, flop_bands, make_sampler, rung_scores
-from nas_kd.study.records import INTERRUPTED_REASON, Attr, Status, is_trained
+from nas_kd.search.sampler import band_proposals, flop_bands, local_proposals, make_sampler, rung_scores
+from nas_kd.study.records import INTERRUPTED_REASON, Attr, Status, is_feasible, is_trained
 from nas_kd.study.storage import ask_trial, file_lock
 
 MAX_SKIPS_PER_TRIAL = 200  # over-budget samples tolerated per wanted trial before giving up
@@ -100,13 +100,33 @@ class _Loop:
         self.start = time.perf_counter()
 
     def _proposals(self) -> Callable[[int], dict[str, Any] | None] | None:
-        """What ``stratified`` proposes for each trial number: a member of its FLOP band."""
-        if self.cfg.sampler != "stratified":
+        """What ``stratified`` proposes for each trial number: a member of its FLOP band; under ``local``,
+        the top band's extra turns change one knob of one of its best candidates."""
+        if self.cfg.sampler not in ("stratified", "local"):
             return None
         space, shape, classes = self.run.space, self.run.split.input_shape, self.run.split.num_classes
         _, cheapest = space.cheapest(shape, classes)
-        return band_proposals(lambda rng, band: space.draw(rng, shape, classes, band),
-                              flop_bands(cheapest, self.cfg.budget_flops), self.cfg.seed)
+        bands = flop_bands(cheapest, self.cfg.budget_flops)
+        propose = band_proposals(lambda rng, band: space.draw(rng, shape, classes, band), bands, self.cfg.seed)
+        if self.cfg.sampler == "stratified":
+            return propose
+        return local_proposals(
+            propose, lambda rng, params: space.mutate(rng, params, shape, classes, bands[-1], self._tried()),
+            lambda: self._ranked(bands[-1][0]), len(bands), self.cfg.seed)
+
+    def _tried(self) -> frozenset[str]:
+        """The architectures (as JSON) of every candidate this study has asked for."""
+        return frozenset(t.user_attrs[Attr.SPEC_JSON] for t in self.study.get_trials(deepcopy=False)
+                         if Attr.SPEC_JSON in t.user_attrs)
+
+    def _ranked(self, above: float) -> list[dict[str, Any]]:
+        """The parameters of the scored candidates over ``above`` FLOPs, best first: by their longest
+        rung put on rung 0's scale (``rung_scores``), or by their accuracy without rungs."""
+        trials = self.study.get_trials(deepcopy=False, states=(_TrialState.COMPLETE,))
+        scores = (rung_scores(rung_results(self.study, self.rungs)) if self.rungs is not None
+                  else {t.number: t.values[0] for t in trials if is_trained(t) and is_feasible(t)})
+        top = [t for t in trials if t.number in scores and t.user_attrs.get(Attr.FLOPS, 0) > above]
+        return [t.params for t in sorted(top, key=lambda t: -scores[t.number])]
 
     def until_done(self) -> TrialCounts:
         """New candidates until this process trained its share, promotions first whenever one is due

@@ -44,9 +44,9 @@ def make_sampler(name: str, seed: int, scores: Callable[[], dict[int, float]] | 
     ``random`` and ``stratified`` need none, as their draws are per trial number. ``propose`` (trial
     number -> its parameters, see ``band_proposals``) is what ``stratified`` draws; without it,
     ``stratified`` is ``random``."""
-    if name == "stratified" and propose is not None:
+    if name in ("stratified", "local") and propose is not None:
         return ProposalSampler(seed, propose)
-    if name in ("random", "stratified"):
+    if name in ("random", "stratified", "local"):
         return CandidateStreamSampler(seed)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed + offset, population_size=20)
@@ -116,6 +116,36 @@ def band_proposals(draw: Callable[[np.random.Generator, tuple[float, float]], di
         return cache[number]
 
     return propose
+
+
+LOCAL_AFTER = 4  # ``local``: top-band candidates with a score before its extra turns change one
+LOCAL_PARENTS = 3  # ``local``: a change's parent is one of the top band's this many best
+
+
+def local_proposals(propose: Callable[[int], dict[str, Any] | None],
+                    mutate: Callable[[np.random.Generator, dict[str, Any]], dict[str, Any] | None],
+                    ranked_top: Callable[[], list[dict[str, Any]]], count: int,
+                    seed: int) -> Callable[[int], dict[str, Any] | None]:
+    """Trial number -> the parameters ``local`` gives it: ``propose``'s (``stratified``'s), except on the
+    top band's extra turns (``band_of``), where, once ``ranked_top()`` (the top band's scored candidates'
+    parameters, best first) holds ``LOCAL_AFTER``, it is ``mutate`` of one of the ``LOCAL_PARENTS`` best:
+    local search around the front's top, where ``--pick best`` chooses (White et al. 2020 found it as
+    strong as any NAS method on the NAS benchmarks). Unlike ``stratified``'s, these proposals depend
+    on the results so far, so two runs of one seed differ once the first change is made."""
+    cache: dict[int, dict[str, Any] | None] = {}
+
+    def local(number: int) -> dict[str, Any] | None:
+        if number not in cache:
+            changed = None
+            if number % (count + TOP_BAND_TURNS - 1) >= count:
+                parents = ranked_top()
+                if len(parents) >= LOCAL_AFTER:
+                    rng = np.random.default_rng([seed, number, 1])
+                    changed = mutate(rng, parents[int(rng.integers(min(LOCAL_PARENTS, len(parents))))])
+            cache[number] = changed if changed is not None else propose(number)
+        return cache[number]
+
+    return local
 
 
 class ProposalSampler(CandidateStreamSampler):

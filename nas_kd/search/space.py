@@ -194,6 +194,30 @@ class SearchSpace:
                 return trial.params
         return None
 
+    def mutate(self, rng: np.random.Generator, params: dict[str, Any], input_shape: tuple[int, int, int],
+               num_classes: int, flops: tuple[float, float] | None = None, avoid: frozenset[str] = frozenset(),
+               tries: int = 500) -> dict[str, Any] | None:
+        """The parameters of a member one knob away from ``params`` (a knob it uses, set to another of
+        its values), with analytic FLOPs in ``flops = (low, high]`` and an architecture whose JSON is not
+        in ``avoid``; None if ``tries`` changes find none. Knobs ``params`` lacks (stages it did not
+        have) are drawn at random, as a stage added by the change needs them."""
+        values = self.param_values()
+        names = sorted(values)
+        full = {name: values[name][int(rng.integers(len(values[name])))] for name in names} | params
+        parent = self.sample(optuna.trial.FixedTrial(full), input_shape, num_classes)
+        for _ in range(tries):
+            name = names[int(rng.integers(len(names)))]
+            others = [v for v in values[name] if v != full[name]]
+            if not others:
+                continue
+            child = {**full, name: others[int(rng.integers(len(others)))]}
+            spec = self.sample(optuna.trial.FixedTrial(child), input_shape, num_classes)
+            if spec == parent or spec.to_json() in avoid:  # a knob the parent does not use, or trained already
+                continue
+            if flops is None or flops[0] < analytic_flops(spec, input_shape) <= flops[1]:
+                return child
+        return None
+
 
 def _order(v: Any) -> tuple:
     # "full" rank sorts last; strings (block, activation) keep their declared order via index 0.
