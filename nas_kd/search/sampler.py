@@ -42,8 +42,8 @@ def make_sampler(name: str, seed: int, scores: Callable[[], dict[int, float]] | 
     from the longest rungs; the other samplers do not model results that way. ``offset`` (distinct
     per worker and per resumed run) moves a seeded stream so it does not repeat another's draws;
     ``random`` and ``stratified`` need none, as their draws are per trial number. ``propose`` (trial
-    number -> its parameters, see ``band_proposals``) is what ``stratified`` draws; without it,
-    ``stratified`` is ``random``."""
+    number -> its parameters, see ``band_proposals`` and ``local_proposals``) is what ``stratified`` and
+    ``local`` draw; without it, they are ``random``."""
     if name in ("stratified", "local") and propose is not None:
         return ProposalSampler(seed, propose)
     if name in ("random", "stratified", "local"):
@@ -99,8 +99,12 @@ def band_of(number: int, count: int) -> int:
     down the front reaches after one turn each; ``--pick best`` chooses from the top band. Its second turn
     (12 of 40 candidates rather than 8; plain random draws put about 16) measured level with one on the
     best student under the budget, over 6 seeds (benchmarks/RESULTS.md)."""
-    turn = number % (count + TOP_BAND_TURNS - 1)
-    return min(turn, count - 1)
+    return min(_turn(number, count), count - 1)
+
+
+def _turn(number: int, count: int) -> int:
+    """Candidate ``number``'s place in its cycle of turns: ``count`` and up are the top band's extra ones."""
+    return number % (count + TOP_BAND_TURNS - 1)
 
 
 def band_proposals(draw: Callable[[np.random.Generator, tuple[float, float]], dict[str, Any] | None],
@@ -137,7 +141,7 @@ def local_proposals(propose: Callable[[int], dict[str, Any] | None],
     def local(number: int) -> dict[str, Any] | None:
         if number not in cache:
             changed = None
-            if number % (count + TOP_BAND_TURNS - 1) >= count:
+            if _turn(number, count) >= count:
                 parents = ranked_top()
                 if len(parents) >= LOCAL_AFTER:
                     rng = np.random.default_rng([seed, number, 1])
