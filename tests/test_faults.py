@@ -220,6 +220,26 @@ def test_sigkilled_worker_leaves_no_trial_running_forever(tmp_path, cache_dir):
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
+def test_a_trial_beats_from_the_ask_not_only_while_it_trains(tmp_path, cache_dir, monkeypatch):
+    # a worker killed while it counts a candidate (before training) must leave a trial a peer can fail
+    for key, value in STALE_SOON.items():
+        monkeypatch.setenv(key, value)
+    beating = []
+
+    def counted(*args, **kwargs):
+        with sqlite3.connect(tmp_path / "beat.db") as db:
+            running = db.execute("SELECT trial_id FROM trials WHERE state = 'RUNNING'").fetchall()
+            beats = db.execute("SELECT trial_id FROM trial_heartbeats").fetchall()
+        beating.append(bool(running) and set(running) <= set(beats))
+        return screen(*args, **kwargs)
+
+    screen = trial_loop.screen
+    monkeypatch.setattr(trial_loop, "screen", counted)
+    assert main([*ARGS, "--studies-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--study-name", "beat",
+                 "--trials", "1", "--promote-until", "0", "--epochs", "1"]) == 0
+    assert beating and all(beating)
+
+
 def _warm_space(tmp_path, *names: str) -> Path:
     """The default space with small hand designs (they fit the tiny budget) as its warm start."""
     lines = {"hand-a": "stem8/s1 | ds k3 c16 s2 x1 | fc | relu", "hand-b": "stem8/s2 | ir2 k3 c16 s1 x1 | fc | relu"}

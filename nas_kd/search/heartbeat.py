@@ -12,7 +12,7 @@ import optuna
 
 
 class Heartbeat:
-    """Records ``trial``'s heartbeat from a background thread while the block runs (a trial trains)."""
+    """Records ``trial``'s heartbeat from a background thread while the block runs (from the ask to the tell)."""
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
         storage = study._storage  # noqa: SLF001 - Optuna exposes no public handle for ask/tell heartbeats

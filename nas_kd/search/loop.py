@@ -158,7 +158,9 @@ class _Loop:
                 time.sleep(RUN_POLL_SECONDS)
                 continue
             try:  # Ctrl-C anywhere in a trial (sampling, counting, training) fails that trial
-                self._one(trial)
+                # beating from the ask on: a worker killed while it counts must not leave the trial running
+                with Heartbeat(self.study, trial):
+                    self._one(trial)
             except KeyboardInterrupt:
                 _fail_unless_told(self.study, trial, INTERRUPTED_REASON, self.progress)
                 raise
@@ -233,13 +235,12 @@ class _Loop:
         n = trial.number
         self.progress.status(self._status(f"#{n} training {format_quantity(cost.flops)} FLOPs"), force=True)
         try:
-            with Heartbeat(self.study, trial):
-                unit = "µs" if self.cfg.objective == "latency" else "FLOPs"
-                bar = (stop_below(self.known.values(), cost.objective(self.cfg), self.gains, unit)
-                       if self.cfg.stops_early else None)
-                outcome = train_candidate(self.run, model, kd,
-                                          lambda text: self.progress.status(self._status(f"#{n} {text}")), bar,
-                                          number=n)
+            unit = "µs" if self.cfg.objective == "latency" else "FLOPs"
+            bar = (stop_below(self.known.values(), cost.objective(self.cfg), self.gains, unit)
+                   if self.cfg.stops_early else None)
+            outcome = train_candidate(self.run, model, kd,
+                                      lambda text: self.progress.status(self._status(f"#{n} {text}")), bar,
+                                      number=n)
             save_weights(self.cfg, n, model)
         except StoppedEarly as stop:
             self._stopped(trial, stop)
