@@ -32,7 +32,8 @@ def parse_quantity(text: str, *, what: str = "budget") -> int:
 
 
 def format_quantity(value: float) -> str:
-    """Short human form: 4_812_300 -> '4.81M', 750_000 -> '750k'."""
+    """Short human form: 4_812_300 -> '4.81M', 750_000 -> '750k', 999_576 -> '1M'."""
+    value = float(f"{value:.3g}")  # rounded before the suffix is chosen: 999_576 is 1M, never '1e+03k'
     for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.3g}{suffix}"

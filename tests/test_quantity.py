@@ -24,3 +24,8 @@ def test_format_quantity():
     assert format_quantity(4_812_300) == "4.81M"
     assert format_quantity(750_000) == "750k"
     assert format_quantity(999) == "999"
+    # a value that rounds up to the next suffix takes that suffix (999_576 FLOPs printed '1e+03k')
+    assert format_quantity(999_576) == "1M"
+    assert format_quantity(999_499) == "999k"
+    assert format_quantity(9_999) == "10k"
+    assert format_quantity(999.6) == "1k"
