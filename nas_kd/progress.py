@@ -54,10 +54,11 @@ class Progress:
         self.stream.flush()
 
 
-def elapsed_and_left(done: float, total: float, elapsed: float) -> str:
-    """``elapsed 01:02, about 10:11 left``: the time left extrapolated from the rate so far, once
-    enough steps ran for a rate (a run's first steps also pay its start-up, which would inflate it)."""
+def elapsed_and_left(done: float, total: float, elapsed: float, busy: float | None = None) -> str:
+    """``elapsed 01:02, about 10:11 left``: the time left extrapolated from the rate so far (``done``
+    steps in ``busy`` seconds, by default all of ``elapsed``), once enough steps ran for a rate (a
+    run's first steps also pay its start-up, which would inflate it)."""
     text = f"elapsed {format_seconds(elapsed)}"
     if max(3, 0.01 * total) <= done < total:
-        text += f", about {format_seconds(elapsed * (total - done) / done)} left"
+        text += f", about {format_seconds((elapsed if busy is None else busy) * (total - done) / done)} left"
     return text

@@ -200,6 +200,15 @@ def test_progress_shows_the_time_left_over_both_trainings(study_dir, cache_dir, 
 
     assert clock.text(1, 1000) == "elapsed 02:30"  # no rate from one step yet: its time is mostly start-up
 
+    now[0] = 1000.0
+    paused = TrainingClock(trainings=1, now=lambda: now[0])
+    paused.next_training()
+    for step in range(1, 11):  # 10 s a step, and an hour stopped (Ctrl-Z) after step 5
+        now[0] = 1000.0 + 10.0 * step + (3600.0 if step > 5 else 0.0)
+        text = paused.text(step, 20)
+    # 10 steps to go at 9 s (10 steps in 90 s: the gap the pause fell in is not counted), not at 370 s
+    assert text == "elapsed 1:01:40, about 01:30 left"
+
     assert export(study_dir, cache_dir, "--ablation", "--out", str(study_dir / "eta")) == 0
     assert "elapsed 00:0" in capsys.readouterr().err  # a real export's progress goes through the clock
 

@@ -139,17 +139,23 @@ def run_name(label: str, **run: object) -> str:
     return f"{label}-{hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]}"
 
 
+PAUSE_SECONDS = 60.0  # a longer gap between two steps is a pause (Ctrl-Z, a wait for a peer's screening), not training
+
+
 class TrainingClock:
     """Elapsed time and an estimate of the time left over all of an export's trainings (two with
     ``--ablation``). The rate is that of the steps this process trained, so the steps a resumed
-    training skips do not make the rest look quicker."""
+    training skips do not make the rest look quicker, over the time it trained: a pause (a gap of
+    more than PAUSE_SECONDS between two steps) would make the rest look slower for the whole run."""
 
     def __init__(self, trainings: int, now: Callable[[], float] = time.perf_counter) -> None:
         self.not_started = trainings
         self.now = now
         self.start = now()
         self.steps_here = 0  # steps trained by this process, over every training
+        self.training_seconds = 0.0  # the time they took: elapsed less the pauses
         self._last_step: int | None = None
+        self._last_time = self.start
 
     def next_training(self) -> None:
         self.not_started -= 1
@@ -159,8 +165,11 @@ class TrainingClock:
         """``elapsed 01:02, about 10:11 left`` after ``step`` of ``total`` in the current training."""
         self.steps_here += step - (step - 1 if self._last_step is None else self._last_step)
         self._last_step = step
+        now = self.now()
+        gap, self._last_time = now - self._last_time, now
+        self.training_seconds += gap if gap <= PAUSE_SECONDS else 0.0
         left = total - step + self.not_started * total
-        return elapsed_and_left(self.steps_here, self.steps_here + left, self.now() - self.start)
+        return elapsed_and_left(self.steps_here, self.steps_here + left, now - self.start, self.training_seconds)
 
 
 @dataclass(frozen=True)
