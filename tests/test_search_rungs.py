@@ -31,7 +31,8 @@ def _done(rungs):
 
 def test_the_best_candidates_go_up_rungs_and_the_front_reads_the_longest(tmp_path, cache_dir, capsys):
     assert _search(tmp_path, cache_dir, "--trials", "8", "--promote-until", "0") == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "| best rung-0 val " in err and "| best val " not in err  # the status says which rung its best is
     study, rungs = _studies(tmp_path)
     done = _done(rungs)
     by_rung = {k: [t.user_attrs["source"] for t in done if t.user_attrs["rung"] == k] for k in (1, 2)}

@@ -363,8 +363,10 @@ class _Loop:
 
     def _status(self, extra: str = "") -> str:
         best = f"{self.best:.2%}" if self.best is not None else "-"
+        # the best first training, which promotions may not confirm: the front reads the longest rung
+        label = "best val" if self.cfg.rungs == 1 else "best rung-0 val"
         return (f"trial {min(self.counts.trained + 1, self.cfg.trials)}/{self.cfg.trials} | "
-                f"{format_seconds(time.perf_counter() - self.start)} | best val {best} | "
+                f"{format_seconds(time.perf_counter() - self.start)} | {label} {best} | "
                 f"skipped {self.counts.skipped} over budget" + (f" | {extra}" if extra else ""))
 
 
