@@ -153,7 +153,7 @@ class TrainingClock:
         self.now = now
         self.start = now()
         self.steps_here = 0  # steps trained by this process, over every training
-        self.training_seconds = 0.0  # the time they took: elapsed less the pauses
+        self._busy = 0.0  # the time they took: elapsed less the pauses (PAUSE_SECONDS)
         self._last_step: int | None = None
         self._last_time = self.start
 
@@ -167,9 +167,9 @@ class TrainingClock:
         self._last_step = step
         now = self.now()
         gap, self._last_time = now - self._last_time, now
-        self.training_seconds += gap if gap <= PAUSE_SECONDS else 0.0
+        self._busy += gap if gap <= PAUSE_SECONDS else 0.0
         left = total - step + self.not_started * total
-        return elapsed_and_left(self.steps_here, self.steps_here + left, now - self.start, self.training_seconds)
+        return elapsed_and_left(self.steps_here, self.steps_here + left, now - self.start, self._busy)
 
 
 @dataclass(frozen=True)
