@@ -5,6 +5,10 @@ them back beside the search's own score and rank, prints per study the Kendall Ï
 search's score and the 20-epoch screening accuracy, and writes one CSV row per screened trial:
 
     python benchmarks/screening_runs.py --studies-dir /work/runs/strat2 strat-seed0 strat-seed1
+
+``--screen N [N ...]`` first screens those trials of the (one) named study exactly as the export's
+screening would (same recipe, seed and folder, so an export reuses them): trials the export never
+reaches, such as candidates the search did not promote. Two processes side by side share the work.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from pathlib import Path
 from csv_rows import append_rows
 from proxy_fidelity import kendall_tau
 
+from nas_kd.cli.runner import set_threads
 from nas_kd.export.pick import ranked_trials
-from nas_kd.export.screen import screening_folder
+from nas_kd.export.retrain import DEFAULT_KD_TARGETS
+from nas_kd.export.screen import SCREEN_EPOCHS, screen_trials, screening_folder
+from nas_kd.progress import Progress
 from nas_kd.study.records import trial_records
 from nas_kd.study.storage import open_named_study
 
@@ -47,7 +54,17 @@ def main() -> None:
     p.add_argument("studies", nargs="+", help="study names")
     p.add_argument("--studies-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, default=HERE / "screening_runs.csv")
+    p.add_argument("--screen", type=int, nargs="+", metavar="N", help="first screen these trials (one study)")
+    p.add_argument("--threads", type=int)
     a = p.parse_args()
+    if a.screen:
+        set_threads(a.threads)
+        (name,) = a.studies
+        study = open_named_study(name, studies_dir=str(a.studies_dir), storage=None)
+        records = {r.number: r for r in trial_records(study)}
+        screen_trials(study, [records[n] for n in a.screen], screening_folder(a.studies_dir, name),
+                      epochs=SCREEN_EPOCHS, augment=None, kd_targets_mode=DEFAULT_KD_TARGETS, data_dir=None,
+                      cache_dir=None, progress=Progress())
     for name in a.studies:
         rows = screened_rows(a.studies_dir, name)
         for r in rows:
