@@ -44,6 +44,7 @@ def screened_rows(studies_dir: Path, name: str) -> list[dict]:
         record, result = by_number[number], json.loads(path.read_text())
         rows.append({"date": date.today().isoformat(), "study": name, "trial": number, "flops": record.flops,
                      "params": record.params, "search_rank": rank[number], "search_val": record.val_accuracy,
+                     "search_rung": record.rung,
                      "screen_val": round(result["val_accuracy"], 4), "screen_seconds": round(result["seconds"]),
                      "run": path.stem, "summary": record.summary})
     return sorted(rows, key=lambda r: r["search_rank"])
@@ -69,7 +70,7 @@ def main() -> None:
         rows = screened_rows(a.studies_dir, name)
         for r in rows:
             print(f"{name} #{r['search_rank']:<2d} trial {r['trial']:<3d} {r['flops'] / 1e6:5.2f}M "
-                  f"search {r['search_val']:.2%} screen {r['screen_val']:.2%}")
+                  f"search {r['search_val']:.2%} (rung {r['search_rung']}) screen {r['screen_val']:.2%}")
         if len(rows) > 2:
             tau = kendall_tau([r["search_val"] for r in rows], [r["screen_val"] for r in rows])
             print(f"{name}: {len(rows)} screened, Kendall tau (search score vs screening) {tau:+.2f}")
