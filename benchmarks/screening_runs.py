@@ -59,10 +59,14 @@ def main() -> None:
     p.add_argument("--threads", type=int)
     a = p.parse_args()
     if a.screen:
+        if len(a.studies) != 1:
+            p.error(f"--screen names trials of one study, got {len(a.studies)} studies")
         set_threads(a.threads)
-        (name,) = a.studies
+        name = a.studies[0]
         study = open_named_study(name, studies_dir=str(a.studies_dir), storage=None)
-        records = {r.number: r for r in trial_records(study)}
+        records = {r.number: r for r in trial_records(study) if r.on_front_candidate}
+        if missing := [n for n in a.screen if n not in records]:
+            p.error(f"study {name!r} has no trained, in-budget trial {', '.join(map(str, missing))}")
         screen_trials(study, [records[n] for n in a.screen], screening_folder(a.studies_dir, name),
                       epochs=SCREEN_EPOCHS, augment=None, kd_targets_mode=DEFAULT_KD_TARGETS, data_dir=None,
                       cache_dir=None, progress=Progress())
