@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -38,17 +39,19 @@ from nas_kd.teacher import kd_targets, load_teacher
 from nas_kd.train import TrainSettings, accuracy, train_model
 
 HERE = Path(__file__).parent
-NOT_REPLAYED = ("--storage", "--workers", "--threads", "--timeout", "--trials")
+NOT_REPLAYED = ("--storage", "--studies-dir", "--workers", "--threads", "--timeout", "--trials")
 
 
 def replay_run(a: argparse.Namespace):  # noqa: ANN201 - (study, search Run, shard, shards)
     """What a ``replay_flags`` benchmark retrains from: the study, its search run rebuilt from the
-    study's recorded flags at ``--threads``, and this process's shard of the students."""
+    study's recorded flags at ``--threads``, and this process's shard of the students. The rebuilt run
+    keeps its own (empty) study in a throwaway folder, not where the search once wrote."""
     torch.set_num_threads(a.threads)
     study = open_named_study(a.study_name, a.studies_dir, None)
     flags = {k: v for k, v in study.user_attrs[SETTINGS_ATTR]["flags"].items() if k not in NOT_REPLAYED}
     flags = {k: _flag_value(k, v) for k, v in flags.items()}
-    cfg = parse_args([*command_line(flags), "--workers", "1", "--threads", str(a.threads)])
+    scratch = tempfile.mkdtemp(prefix="replay-")
+    cfg = parse_args([*command_line(flags), "--workers", "1", "--threads", str(a.threads), "--studies-dir", scratch])
     shard, shards = map(int, a.shard.split("/"))
     return study, prepare(cfg, Progress(quiet=True)), shard, shards
 
