@@ -68,12 +68,15 @@ ARMS = {
     "strat": ["--no-warm-start", "--sampler", "stratified"],
     # the lever named on 2026-12-06 (stop 39): the top band's second turn is local search around its best
     "local": ["--no-warm-start", "--sampler", "local"],
+    # the lever named on 2026-12-07 (stop 42): the time left after the candidates goes to the top band first
+    "bandtail": ["--no-warm-start", "--sampler", "stratified", "--tail", "top-band"],
     "random": ["--sampler", "random", "--no-warm-start", "--rungs", "1", "--no-early-stop",
                "--epochs", f"{TOP_EPOCHS:g}", "--min-steps", str(_D.min_steps * _D.eta ** (_D.rungs - 1))],
 }
 
 
-SEARCH_ARMS = ("default", "cold", "tpe", "cold2", "strat", "local")  # run as shipped: --trials 40, until done
+# run as shipped: --trials 40, until done
+SEARCH_ARMS = ("default", "cold", "tpe", "cold2", "strat", "local", "bandtail")
 
 
 def run_arm(arm: str, seed: int, a: argparse.Namespace, studies: Path) -> str:

@@ -82,6 +82,20 @@ def test_time_left_after_the_last_candidate_promotes_past_the_quota_once_each(tm
             assert all(t.datetime_start <= last for t in rungs.trials)
 
 
+def test_tail_top_band_promotes_the_top_third_of_the_budget_before_the_rest(tmp_path, cache_dir):
+    """With --tail top-band, once every candidate is trained, the results above a third of the budget
+    go up (to the top rung) before any cheaper one; the search still takes every candidate up."""
+    assert _search(tmp_path, cache_dir, "--trials", "8", "--tail", "top-band", name="band") == 0
+    study, rungs = _studies(tmp_path, "band")
+    last = max(t.datetime_complete for t in study.trials if t.datetime_complete is not None)
+    tail = sorted((t for t in _done(rungs) if t.datetime_start > last), key=lambda t: t.number)
+    in_band = [t.user_attrs["cost"] > 150_000 / 3 for t in tail]
+    assert True in in_band and False in in_band  # both sides of the band line wait for the tail
+    assert in_band == sorted(in_band, reverse=True)  # every top-band promotion before any other
+    trained = {r.number: r for r in trial_records(study) if r.status == "trained"}
+    assert all(r.rung == 2 for r in trained.values())
+
+
 def test_a_bad_promote_until_is_one_clear_line(tmp_path, cache_dir, capsys):
     assert _search(tmp_path, cache_dir, "--trials", "1", "--promote-until", "-5") == 2
     err = capsys.readouterr().err

@@ -26,7 +26,7 @@ from nas_kd.model.cost import FLOP_CONVENTION
 from nas_kd.model.latency import parse_duration
 from nas_kd.progress import Progress
 from nas_kd.quantity import format_quantity, parse_bytes, parse_quantity
-from nas_kd.search.config import OBJECTIVES, SAMPLERS, STORAGE_ENV, SearchConfig
+from nas_kd.search.config import OBJECTIVES, SAMPLERS, STORAGE_ENV, TAILS, SearchConfig
 from nas_kd.search.run import WorkerFailed, run_search
 from nas_kd.search.workers import default_workers
 from nas_kd.study.records import TrialRecord
@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None) -> SearchConfig:
         budget_size=parse_bytes(a.size_budget, what="--size-budget") if a.size_budget else None,
         budget_latency_us=parse_duration(a.latency_budget, what="--latency-budget") if a.latency_budget else None,
         objective=a.objective, latency_threads=a.latency_threads,
-        space=a.space, trials=a.trials, timeout=a.timeout, promote_until=a.promote_until,
+        space=a.space, trials=a.trials, timeout=a.timeout, promote_until=a.promote_until, tail=a.tail,
         seed=a.seed, split_seed=a.split_seed,
         val_size=a.val_size, train_subset=a.train_subset or None, min_steps=a.min_steps,
         train=TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed),
@@ -131,6 +131,10 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
                    "while a promotion is expected to end this many seconds after the command started "
                    f"(default {_D.promote_until:g}: the default search's 20 minutes, a minute spare; "
                    "0: stop after the last candidate and its due promotions)")
+    p.add_argument("--tail", default=_D.tail, choices=TAILS,
+                   help="the order of those promotions: rungs (default): highest rung first, the cost bands taking "
+                   "turns; top-band: the same, but the top third of the budget's results before the rest "
+                   "(short rungs rank the largest students worst; see benchmarks/RESULTS.md)")
     p.add_argument("--study-name", help="study to create or resume (default: DATASET-BUDGET)")
     p.add_argument("--storage", help=f"Optuna storage URL (default: ${STORAGE_ENV} if set, else "
                    "sqlite:///STUDIES_DIR/NAME.db). A password on the command line is visible to other users "

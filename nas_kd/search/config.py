@@ -17,6 +17,7 @@ from nas_kd.study.storage import check_study_name
 from nas_kd.train import TrainSettings
 
 SAMPLERS = ("tpe", "tpe-rungs", "random", "stratified", "local", "nsga2")
+TAILS = ("rungs", "top-band")  # the order of promotions past each rung's quota (search.rungs.promotable)
 OBJECTIVES = ("flops", "latency")
 STORAGE_ENV = "NAS_KD_STORAGE"  # the storage URL when --storage is not given (keeps a password out of argv)
 
@@ -38,6 +39,7 @@ class SearchConfig:
     # seconds from the start: once every candidate is trained, promotions past each rung's 1/eta
     # share fill the time to here (0: none). The default search's 20 minutes, a minute spare.
     promote_until: float = 1140.0
+    tail: str = "rungs"  # past the quota: highest rung first ("top-band": the budget's top band before the rest)
     seed: int = 0  # sampler seed and every trial's training seed
     split_seed: int = 0  # which images form the validation split
     val_size: float | None = None  # images (≥ 1) or a fraction (< 1); None: min(5000, 15%)
@@ -73,6 +75,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        if self.tail not in TAILS:
+            raise UserError(f"unknown --tail {self.tail!r}: choose one of {', '.join(TAILS)}")
         for flag, value in (("--trials", self.trials), ("--workers", self.workers), ("--threads", self.threads)):
             if value is not None and value < 1:
                 raise UserError(f"{flag} must be at least 1, got {value}")

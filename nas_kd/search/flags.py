@@ -31,6 +31,7 @@ def flag_values(cfg: SearchConfig) -> dict[str, FlagValue]:
         "--trials": str(c.trials),
         "--timeout": _number(c.timeout),
         "--promote-until": _number(c.promote_until),
+        "--tail": c.tail,
         "--study-name": c.name,
         "--storage": redact_url(c.storage_url),
         "--studies-dir": c.studies_dir,

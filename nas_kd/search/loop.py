@@ -284,7 +284,7 @@ class _Loop:
         fail_stale(self.rungs)
         due = promotable(rung_results(self.study, self.rungs), promoted=promoted(self.rungs),
                          top_rung=self.cfg.rungs - 1, eta=self.cfg.eta, top=self.cfg.cost_budget,
-                         past_quota=past_quota)
+                         past_quota=past_quota, tail=self.cfg.tail)
         if past_quota:
             trials = self.study.get_trials(deepcopy=False)
             due = [r for r in due if self._ends_in_time(r, trials[r.candidate].user_attrs.get(Attr.TRAIN_SECONDS))]

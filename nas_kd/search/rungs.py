@@ -107,14 +107,17 @@ def banded_order(results: Sequence[RungResult], top: float | None = None) -> lis
 
 
 def promotable(results: Sequence[RungResult], *, promoted: set[tuple[int, int]], top_rung: int,
-               eta: int, top: float | None = None, past_quota: bool = False) -> list[RungResult]:
+               eta: int, top: float | None = None, past_quota: bool = False, tail: str = "rungs") -> list[RungResult]:
     """Every result that may go up now, the one to promote first first: of each rung below ``top_rung``
     (highest first), its best ``n // eta`` results not yet promoted (``promoted`` holds the
     (candidate, rung) pairs already moved up), in ``banded_order`` under the budget ``top``.
 
     ``past_quota``: every result of each rung in that order, not only its best ``n // eta``. A
     search whose candidates are all trained spends its time left this way (``--promote-until``):
-    the most-vetted candidates go on first, so the front is read from longer training."""
+    the most-vetted candidates go on first, so the front is read from longer training.
+    ``tail="top-band"``: past the quota, the top cost band's results go first (in the same order), then
+    the rest. Short rungs rank that band worst, and ``--pick best`` is made there: in one study the
+    band's 20-epoch leaders stopped at rung 0 (benchmarks/RESULTS.md, stop 42)."""
     out = []
     for rung in range(top_rung - 1, -1, -1):
         at_rung = [r for r in results if r.rung == rung]
@@ -122,6 +125,9 @@ def promotable(results: Sequence[RungResult], *, promoted: set[tuple[int, int]],
         if not past_quota:
             ranked = ranked[: len(at_rung) // eta]
         out += [r for r in ranked if (r.candidate, rung) not in promoted]
+    if past_quota and tail == "top-band" and out:
+        floor = (top or max(r.cost for r in results)) / BAND_RATIO
+        out = [r for r in out if r.cost > floor] + [r for r in out if r.cost <= floor]
     return out
 
 
