@@ -101,7 +101,8 @@ def test_a_diverging_trial_fails_alone_with_its_reason(tmp_path, cache_dir, caps
      (["--trials", "0"], "--trials must be at least 1, got 0"),
      (["--trials", "two"], "--trials must be a whole number"),
      (["--timeout", "-5"], "--timeout must be a positive number of seconds, got -5"),
-     (["--sampler", "grid"], "invalid choice: 'grid'")],
+     (["--sampler", "grid"], "invalid choice: 'grid'"),
+     (["--tail", "cheap-first"], "invalid choice: 'cheap-first'")],
 )
 def test_bad_input_exits_2_with_one_clear_message(tmp_path, cache_dir, capsys, args, message):
     assert run(tmp_path, cache_dir, "--trials", "1", "--promote-until", "0", *args) == 2
