@@ -27,13 +27,15 @@ from csv_rows import append_rows
 from proxy_fidelity import kendall_tau
 from rung_fidelity import HERE, _rung_accuracies, replay_flags, replay_run
 
+from nas_kd.errors import UserError
 from nas_kd.model.spec import ArchSpec
-from nas_kd.study.records import IDENTITY_ATTR, Status, TrialRecord, trial_records
+from nas_kd.search.rungs import BAND_RATIO
+from nas_kd.study.records import IDENTITY_ATTR, TrialRecord, front_candidates, trial_records
 from nas_kd.study.storage import open_named_study
 
 
 def _trained(study: optuna.Study) -> dict[int, TrialRecord]:
-    return {r.number: r for r in trial_records(study) if r.status == Status.TRAINED and r.feasible}
+    return {r.number: r for r in front_candidates(trial_records(study))}
 
 
 def _summary(out: Path, study: optuna.Study, screening: Path) -> None:
@@ -42,7 +44,7 @@ def _summary(out: Path, study: optuna.Study, screening: Path) -> None:
     rows = list(csv.DictReader(out.open())) if out.exists() else []
     replayed = {int(r["trial"]): r for r in rows if r["study"] == study.study_name}
     top = max(r.rung for r in records.values())
-    band = [n for n, r in records.items() if r.flops > budget / 3]
+    band = [n for n, r in records.items() if r.flops > budget / BAND_RATIO]  # promotion's top band
 
     def score(n: int, *, replay: bool) -> tuple[int, float]:
         if replay and n in replayed:
@@ -82,7 +84,7 @@ def main() -> None:
     records = _trained(study)
     unknown = [n for n in a.trials if n not in records]
     if unknown:
-        p.error(f"not trained trials of {a.study_name}: {', '.join(map(str, unknown))}")
+        p.error(f"study {a.study_name!r} has no trained, in-budget trial {', '.join(map(str, unknown))}")
     _, run, shard, shards = replay_run(a)
     done = {(r["study"], r["trial"]) for r in csv.DictReader(out.open())} if out.exists() else set()
     for i, number in enumerate(a.trials):
@@ -99,4 +101,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as err:  # a study that is not there, or cannot be read: one line, not a traceback
+        raise SystemExit(f"{Path(__file__).name}: error: {err}") from None

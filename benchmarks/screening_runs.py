@@ -22,6 +22,7 @@ from csv_rows import append_rows
 from proxy_fidelity import kendall_tau
 
 from nas_kd.cli.runner import set_threads
+from nas_kd.errors import UserError
 from nas_kd.export.pick import ranked_trials
 from nas_kd.export.retrain import DEFAULT_KD_TARGETS
 from nas_kd.export.screen import SCREEN_EPOCHS, screen_trials, screening_folder
@@ -82,4 +83,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as err:  # a study that is not there, or cannot be read: one line, not a traceback
+        raise SystemExit(f"{Path(__file__).name}: error: {err}") from None
