@@ -44,7 +44,7 @@ def screened_rows(studies_dir: Path, name: str) -> list[dict]:
         number = int(path.name.split("-")[0].removeprefix("trial"))
         record, result = by_number[number], json.loads(path.read_text())
         rows.append({"date": date.today().isoformat(), "study": name, "trial": number, "flops": record.flops,
-                     "params": record.params, "search_rank": rank[number], "search_val": record.val_accuracy,
+                     "params": record.params, "search_rank": rank[number], "search_val": round(record.val_accuracy, 4),
                      "search_rung": record.rung,
                      "screen_val": round(result["val_accuracy"], 4), "screen_seconds": round(result["seconds"]),
                      "run": path.stem, "summary": record.summary})
