@@ -24,7 +24,12 @@ Arms:
   (the lever tried on 2026-12-05: a first rung long enough to rank);
 - ``strat``: ``cold`` with ``--sampler stratified`` (the default since 2026-12-06): candidate N a
   random member of FLOP band ``band_of(N, K)``, cheapest band first (random draws put 1.6% of the
-  members under 0.4 MFLOPs); one turn per band until stop 37, the top band two since;
+  members under 0.4 MFLOPs); one turn per band until stop 37, the top band two since; with
+  ``--tail rungs`` (the default's tail until 2026-12-07), so ``strat`` keeps its rows' meaning;
+- ``local``: ``strat`` (its tail too) whose top band's second turn is local search around its best (stop 39);
+- ``bandtail``: ``strat`` with ``--tail top-band`` (stop 42; the default since 2026-12-07, stop 43):
+  the time left after the candidates goes to the top third of the budget first, so ``cold`` rows from
+  then on are ``bandtail``'s;
 - ``random``: random search: random sampling, no warm start, every candidate trained to the length
   of the default's longest rung (``--rungs 1``), so its front is read at the same fidelity as the
   default's top.
@@ -65,9 +70,9 @@ ARMS = {
     "cold2": ["--no-warm-start", "--rungs", str(_D.rungs - 1), "--epochs", f"{_D.train.epochs * _D.eta:g}",
               "--min-steps", str(_D.min_steps * _D.eta)],
     # the lever tried on 2026-12-06: candidates spread over FLOP bands by construction, cheapest first
-    "strat": ["--no-warm-start", "--sampler", "stratified"],
+    "strat": ["--no-warm-start", "--sampler", "stratified", "--tail", "rungs"],
     # the lever named on 2026-12-06 (stop 39): the top band's second turn is local search around its best
-    "local": ["--no-warm-start", "--sampler", "local"],
+    "local": ["--no-warm-start", "--sampler", "local", "--tail", "rungs"],
     # the lever named on 2026-12-07 (stop 42): the time left after the candidates goes to the top band first
     "bandtail": ["--no-warm-start", "--sampler", "stratified", "--tail", "top-band"],
     "random": ["--sampler", "random", "--no-warm-start", "--rungs", "1", "--no-early-stop",

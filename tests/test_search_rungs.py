@@ -82,10 +82,10 @@ def test_time_left_after_the_last_candidate_promotes_past_the_quota_once_each(tm
             assert all(t.datetime_start <= last for t in rungs.trials)
 
 
-def test_tail_top_band_promotes_the_top_third_of_the_budget_before_the_rest(tmp_path, cache_dir):
-    """With --tail top-band, once every candidate is trained, the results above a third of the budget
-    go up (to the top rung) before any cheaper one; the search still takes every candidate up."""
-    assert _search(tmp_path, cache_dir, "--trials", "8", "--tail", "top-band", name="band") == 0
+def test_by_default_the_tail_promotes_the_top_third_of_the_budget_before_the_rest(tmp_path, cache_dir):
+    """By default (--tail top-band), once every candidate is trained, the results above a third of the
+    budget go up (to the top rung) before any cheaper one; the search still takes every candidate up."""
+    assert _search(tmp_path, cache_dir, "--trials", "8", name="band") == 0
     study, rungs = _studies(tmp_path, "band")
     last = max(t.datetime_complete for t in study.trials if t.datetime_complete is not None)
     tail = sorted((t for t in _done(rungs) if t.datetime_start > last), key=lambda t: t.number)

@@ -132,9 +132,9 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
                    f"(default {_D.promote_until:g}: the default search's 20 minutes, a minute spare; "
                    "0: stop after the last candidate and its due promotions)")
     p.add_argument("--tail", default=_D.tail, choices=TAILS,
-                   help="the order of those promotions: rungs (default): highest rung first, the cost bands taking "
-                   "turns; top-band: the same, but the top third of the budget's results before the rest "
-                   "(short rungs rank the largest students worst; see benchmarks/RESULTS.md)")
+                   help="the order of those promotions: top-band (default): the top third of the budget's results "
+                   "first, then the rest, each highest rung first with the cost bands taking turns; rungs: no band "
+                   "first (short rungs rank the largest students worst; see benchmarks/RESULTS.md)")
     p.add_argument("--study-name", help="study to create or resume (default: DATASET-BUDGET)")
     p.add_argument("--storage", help=f"Optuna storage URL (default: ${STORAGE_ENV} if set, else "
                    "sqlite:///STUDIES_DIR/NAME.db). A password on the command line is visible to other users "

@@ -39,7 +39,9 @@ class SearchConfig:
     # seconds from the start: once every candidate is trained, promotions past each rung's 1/eta
     # share fill the time to here (0: none). The default search's 20 minutes, a minute spare.
     promote_until: float = 1140.0
-    tail: str = "rungs"  # past the quota: highest rung first ("top-band": the budget's top band before the rest)
+    # past the quota: the budget's top third first, then the rest, each highest rung first ("rungs": no band first).
+    # Short rungs rank the largest students worst, and --pick best is made among them (benchmarks/RESULTS.md, stop 43)
+    tail: str = "top-band"
     seed: int = 0  # sampler seed and every trial's training seed
     split_seed: int = 0  # which images form the validation split
     val_size: float | None = None  # images (≥ 1) or a fraction (< 1); None: min(5000, 15%)
