@@ -111,18 +111,19 @@ def test_rung_steps_grow_by_eta():
 
 
 def test_past_the_quota_the_top_band_can_go_first_in_the_same_order():
-    # The default tail promotes the small students' rung-1 results to rung 2 before any large student
-    # leaves rung 0; --tail top-band takes the top third of the budget first, then the rest as before.
+    # --tail rungs (the search's default until 2026-12-07) promotes the small students' rung-1 results to
+    # rung 2 before any large student leaves rung 0; top-band takes the top third of the budget first, then the rest.
     small = [_r(i, 0.86 - i / 1000, 200_000 + 60_000 * i) for i in range(6)]
     large = [_r(10, 0.82, 3_000_000), _r(11, 0.81, 3_500_000), _r(12, 0.80, 4_000_000)]
     up = [_r(0, 0.88, small[0].cost, 1), _r(1, 0.879, small[1].cost, 1)]
     results, promoted = small + large + up, {(0, 0), (1, 0)}
     kwargs = {"promoted": promoted, "top_rung": 2, "eta": 3, "top": 5_000_000, "past_quota": True}
-    rungs = promotable(results, **kwargs)
+    rungs = promotable(results, **kwargs, tail="rungs")
     band = promotable(results, **kwargs, tail="top-band")
     assert [(r.candidate, r.rung) for r in rungs[:2]] == [(0, 1), (1, 1)]
     assert [r.candidate for r in band[:3]] == [r.candidate for r in promotion_order(large)]
     assert band[3:] == [r for r in rungs if r.cost <= 5_000_000 / 3]  # the rest keep their order
     assert sorted(band, key=rungs.index) == rungs  # the same promotions, reordered
     within = promotable(results, promoted=promoted, top_rung=2, eta=3, top=5_000_000, tail="top-band")
-    assert within == promotable(results, promoted=promoted, top_rung=2, eta=3, top=5_000_000)  # quota unchanged
+    assert within == promotable(results, promoted=promoted, top_rung=2, eta=3, top=5_000_000,
+                                tail="rungs")  # the quota unchanged
