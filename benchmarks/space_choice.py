@@ -14,6 +14,9 @@ Each trained row is appended to ``space_choice.csv`` at once; a row already ther
 file hash, seed, steps and sample) is not trained again, so a stopped run resumes where it was.
 
     nohup python benchmarks/space_choice.py --samples 12 --threads 1 > space_choice.log 2>&1 &
+
+``--shard K/N`` trains only every N-th row from the K-th (0-based), so N processes side by side share
+one run (and one ``--out``) without training a row twice.
 """
 
 from __future__ import annotations
@@ -135,15 +138,21 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="sampler seed and every training's seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "space_choice.csv"))
+    p.add_argument("--shard", default="0/1", help="K/N: train rows K, K+N, K+2N, ... of the run (0-based)")
     a = p.parse_args()
+    try:
+        shard, shards = map(int, a.shard.split("/"))
+        assert 0 <= shard < shards
+    except (ValueError, AssertionError):
+        p.error(f"--shard {a.shard!r}: give K/N with 0 <= K < N, e.g. 0/2")
     torch.set_num_threads(a.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(a.out)
     done = done_keys(out)
     designs = warm_starts(a)  # before any training, so a misnamed design costs nothing
     split = logits = None
-    for space_name, sha, sample, spec in jobs(a, designs):
-        if (sha, str(a.seed), str(a.steps), sample) in done:
+    for i, (space_name, sha, sample, spec) in enumerate(jobs(a, designs)):
+        if i % shards != shard or (sha, str(a.seed), str(a.steps), sample) in done:
             continue
         if split is None:  # data and teacher only once there is something to train
             data = load_dataset("fashion-mnist")
