@@ -27,6 +27,7 @@ from pathlib import Path
 import optuna
 import torch
 from csv_rows import append_rows
+from shards import shard_arg
 
 from nas_kd.data import default_val_size, load_dataset, split_dataset
 from nas_kd.distill.losses import KDSettings
@@ -132,9 +133,10 @@ def main() -> None:
     p.add_argument("--train-subset", type=int, default=20000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "proxy_fidelity.csv"))
-    p.add_argument("--shard", default="0/1", help="i/n: run every n-th job from the i-th (one process per core)")
+    p.add_argument("--shard", default="0/1", type=shard_arg, metavar="K/N",
+                   help="run every N-th job from the K-th (one process per core)")
     a = p.parse_args()
-    shard, shards = (int(v) for v in a.shard.split("/"))
+    shard, shards = a.shard
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     done = {(r["spec_json"], r["mode"]) for r in csv.DictReader(out.open())} if out.exists() else set()

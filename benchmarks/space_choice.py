@@ -33,6 +33,7 @@ from pathlib import Path
 import optuna
 import torch
 from csv_rows import append_rows
+from shards import shard_arg
 
 from nas_kd.data import Split, default_val_size, load_dataset, split_dataset
 from nas_kd.distill.losses import KDSettings
@@ -124,17 +125,6 @@ def summary(out: Path, a: argparse.Namespace) -> None:
               f"{statistics.mean(int(r['flops']) for r in mine) / 1e6:>11.2f}")
 
 
-def _shard(text: str) -> tuple[int, int]:
-    """``K/N`` as (K, N), for argparse: a bad value is one usage line, exit 2."""
-    try:
-        shard, shards = map(int, text.split("/"))
-    except ValueError:
-        shard, shards = -1, 0
-    if not 0 <= shard < shards:
-        raise argparse.ArgumentTypeError(f"{text!r}: give K/N with 0 <= K < N, e.g. 0/2")
-    return shard, shards
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--spaces", nargs="+", default=[str(c) for c in CANDIDATES])
@@ -149,7 +139,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="sampler seed and every training's seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "space_choice.csv"))
-    p.add_argument("--shard", default=(0, 1), type=_shard, metavar="K/N",
+    p.add_argument("--shard", default=(0, 1), type=shard_arg, metavar="K/N",
                    help="train rows K, K+N, K+2N, ... of the run (0-based; default 0/1: all)")
     a = p.parse_args()
     shard, shards = a.shard

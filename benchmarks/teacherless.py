@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from csv_rows import append_rows
 from proxy_fidelity import kendall_tau
+from shards import shard_arg
 from space_choice import SHAPE, draws_in_window
 
 from nas_kd.data import default_val_size, load_dataset, split_dataset
@@ -72,7 +73,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1350, help="the search's rung-2 length (150 x 9), one cycle")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--shard", default="0/1")
+    p.add_argument("--shard", default="0/1", type=shard_arg, metavar="K/N")
     p.add_argument("--out", default=str(HERE / "teacherless.csv"))
     p.add_argument("--summary", action="store_true")
     a = p.parse_args()
@@ -84,7 +85,7 @@ def main() -> None:
     data = load_dataset("fashion-mnist")
     split = split_dataset(data, val_size=default_val_size(len(data.y_train)), seed=0)
     space = load_space("default")
-    shard, shards = map(int, a.shard.split("/"))
+    shard, shards = a.shard
     done = {(r["sample"], r["mode"], r["steps"]) for r in csv.DictReader(out.open())} if out.exists() else set()
     members = draws_in_window(space, a.seed, parse_quantity(a.low), parse_quantity(a.high))
     for i, spec in zip(range(a.samples), members, strict=False):
