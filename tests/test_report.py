@@ -231,7 +231,7 @@ def test_unknown_or_empty_study_exits_2_with_one_line(tmp_path, capsys):
                         directions=["maximize", "minimize"])
     assert main(["--study-name", "empty", "--studies-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "error: study empty has no trials yet; run nas_kd.search.cli first"
+    assert err.strip() == "error: study empty has no trials yet; run `python -m nas_kd.search` first"
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     assert main(["--study-name", "other", "--studies-dir", str(tmp_path), "--storage", url]) == 2

@@ -59,7 +59,7 @@ def ranked_trials(records: list[TrialRecord], pick: str, k: int) -> list[TrialRe
 def _trained(records: list[TrialRecord]) -> list[TrialRecord]:
     """The trained, feasible trials (UserError when there are none)."""
     if not records:
-        raise UserError("the study has no trials yet: run nas_kd.search.cli first")
+        raise UserError("the study has no trials yet: run `python -m nas_kd.search` first")
     done = front_candidates(records)
     if not done:
         raise UserError("no trial of this study is trained within budget: nothing to export")

@@ -77,7 +77,7 @@ def read_recipe(study: optuna.Study, record: TrialRecord, *, epochs: float | Non
     Raises UserError for an unknown choice, data that differ from the study's, or a missing teacher."""
     identity = study.user_attrs.get(IDENTITY_ATTR)
     if identity is None:
-        raise UserError(f"study {study.study_name!r} was not written by nas_kd.search.cli")
+        raise UserError(f"study {study.study_name!r} was not written by `python -m nas_kd.search`")
     config = study.user_attrs.get(SETTINGS_ATTR, {}).get("config", {})
     augment = augment or DEFAULT_AUGMENT.get(identity["dataset"], "none")
     if augment not in AUGMENTATIONS:

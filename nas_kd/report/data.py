@@ -110,7 +110,7 @@ def report_data(study: optuna.Study) -> ReportData:
     """Read ``study`` into a ReportData. UserError when the study has no trials yet."""
     records = sorted(trial_records(study), key=lambda r: r.number)
     if not records:
-        raise UserError(f"study {study.study_name} has no trials yet; run nas_kd.search.cli first")
+        raise UserError(f"study {study.study_name} has no trials yet; run `python -m nas_kd.search` first")
     attrs = study.user_attrs
     identity = attrs.get(IDENTITY_ATTR) or {}
     settings = attrs.get(SETTINGS_ATTR) or {}

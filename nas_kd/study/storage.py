@@ -142,7 +142,7 @@ def open_named_study(name: str, studies_dir: str, storage: str | None) -> optuna
         path = Path(studies_dir) / f"{name}.db"
         if not path.exists():
             raise UserError(f"no study named {name!r}: {path} does not exist "
-                            "(run nas_kd.search.cli first, or pass --studies-dir / --storage)")
+                            "(run `python -m nas_kd.search` first, or pass --studies-dir / --storage)")
         storage = f"sqlite:///{path}"
     return load_existing_study(name, storage)
 
